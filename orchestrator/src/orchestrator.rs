@@ -462,19 +462,30 @@ impl Orchestrator {
         }
     }
 
-    /// Requests the drain of the first stage whose upstream has fully drained.
+    /// Once every source replica has drained, asks every other stage to drain. A stage
+    /// finishes only after it has received one end-of-stream frame per upstream replica and
+    /// emptied its queue, so all stages can be asked at once and still finish in order.
     async fn advance_drain(&mut self) -> Result<(), OrchestratorError> {
-        let stage_count = self.workflow.stages().len();
-        for stage in 1..stage_count {
+        let sources_drained = self
+            .instances
+            .values()
+            .filter(|record| record.spec.id.stage.0 == 0)
+            .all(|record| record.state == InstanceState::Drained);
+        if !sources_drained {
+            return Ok(());
+        }
+        for stage in 1..self.workflow.stages().len() {
             if self.drain_requested[stage] {
                 continue;
             }
-            let upstream: Vec<&InstanceRecord> =
-                self.instances.values().filter(|record| record.spec.id.stage.0 == stage - 1).collect();
-            if upstream.is_empty() || !upstream.iter().all(|record| record.state == InstanceState::Drained) {
-                return Ok(());
-            }
-            let expected_ends = upstream.len() as u32;
+            let expected_ends = self
+                .instances
+                .values()
+                .filter(|record| {
+                    record.spec.id.stage.0 == stage - 1
+                        && !matches!(record.state, InstanceState::Failed { .. })
+                })
+                .count() as u32;
             let receivers: Vec<(String, String)> = self
                 .instances
                 .values()

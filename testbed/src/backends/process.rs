@@ -1,0 +1,234 @@
+//! The `process` backend: every instance is a local `mock-ersap` process on 127.0.0.1.
+//!
+//! Nodes are logical: an instance's node decides its site and therefore the links it
+//! emulates, not where it runs. Each child is spawned with `kill_on_drop`, carries the run id
+//! and the harness pid in its environment, and exits by itself when the harness is gone, so
+//! neither a panic nor a SIGKILL of the harness leaves it running for long.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orchestrator::backend::{Backend, BackendError, InstanceEndpoints, InstanceSpec};
+use orchestrator::control::{ReadyLine, Role};
+use orchestrator::model::{InstanceId, Topology};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tracing::{debug, warn};
+
+use super::{HARNESS_PID_ENV, RUN_ID_ENV, RunLabels, TOKEN_ENV};
+
+/// How long a new process may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a stopped process may take to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+pub struct ProcessBackend {
+    mock_bin: PathBuf,
+    labels: RunLabels,
+    token: String,
+    log_dir: PathBuf,
+    children: BTreeMap<InstanceId, Running>,
+}
+
+struct Running {
+    name: String,
+    child: Child,
+    exit: Option<String>,
+}
+
+impl ProcessBackend {
+    pub fn new(mock_bin: &Path, labels: RunLabels, token: &str, log_dir: &Path) -> ProcessBackend {
+        ProcessBackend {
+            mock_bin: mock_bin.to_path_buf(),
+            labels,
+            token: token.to_string(),
+            log_dir: log_dir.to_path_buf(),
+            children: BTreeMap::new(),
+        }
+    }
+}
+
+/// Command-line arguments of `mock-ersap` for one instance, shared by every backend that
+/// runs the binary.
+pub fn instance_args(spec: &InstanceSpec, labels: &RunLabels, bind: &str) -> Vec<String> {
+    let mut args = vec![
+        format!("--role={}", spec.role),
+        format!("--run-id={}", labels.run_id),
+        format!("--stage={}", spec.stage),
+        format!("--replica={}", spec.id.replica),
+        format!("--engine-class={}", spec.engine_class),
+        format!("--engine-name={}", spec.stage),
+        format!("--container={}", spec.container),
+        format!("--lang={}", spec.lang.as_str()),
+        format!("--site={}", spec.site_name),
+        format!("--cluster={}", spec.cluster_name),
+        format!("--node={}", spec.node_name),
+        format!("--bind={bind}"),
+    ];
+    match spec.role {
+        Role::Source => {
+            args.push(format!("--events={}", spec.events));
+            args.push(format!("--seq-start={}", spec.seq_start));
+            args.push(format!("--event-size={}", spec.event_size));
+            args.push(format!("--rate={}", spec.rate));
+        }
+        Role::Processor => {
+            args.push(format!("--cost-ns-per-byte={}", spec.cost.ns_per_byte));
+            args.push(format!("--cost-mode={}", spec.cost.mode.as_str()));
+            args.push(format!("--threads={}", spec.cost.threads));
+            args.push(format!("--output-size={}", spec.cost.output_size.unwrap_or(0)));
+        }
+        Role::Sink => {}
+    }
+    if spec.config.as_object().is_some_and(|config| !config.is_empty()) {
+        args.push(format!("--config-json={}", spec.config));
+    }
+    args
+}
+
+#[async_trait]
+impl Backend for ProcessBackend {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn provision(&mut self, _topology: &Topology) -> Result<(), BackendError> {
+        std::fs::create_dir_all(&self.log_dir).map_err(|error| BackendError::Provision {
+            what: format!("log folder {}", self.log_dir.display()),
+            reason: error.to_string(),
+        })?;
+        if !self.mock_bin.is_file() {
+            return Err(BackendError::Environment(format!(
+                "mock instance binary {} not found; build it with `cargo build --release -p testbed` \
+                 or pass --mock-bin",
+                self.mock_bin.display()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn start_instance(&mut self, spec: &InstanceSpec) -> Result<InstanceEndpoints, BackendError> {
+        let name = spec.name();
+        let start_error = |reason: String| BackendError::Start {
+            instance: name.clone(),
+            node: spec.node_name.clone(),
+            reason,
+        };
+        let log_path = self.log_dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|error| start_error(format!("cannot create {}: {error}", log_path.display())))?;
+        let mut command = Command::new(&self.mock_bin);
+        command
+            .args(instance_args(spec, &self.labels, "127.0.0.1"))
+            .arg(format!("--harness-pid={}", self.labels.harness_pid))
+            .env(TOKEN_ENV, &self.token)
+            .env(RUN_ID_ENV, &self.labels.run_id)
+            .env(HARNESS_PID_ENV, self.labels.harness_pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            // Its own process group: a Ctrl-C at the terminal reaches only the harness,
+            // which then stops the instances in order.
+            .process_group(0);
+        let mut child = command.spawn().map_err(|error| {
+            start_error(format!("cannot run {}: {error}", self.mock_bin.display()))
+        })?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await;
+        let line = match ready {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+                return Err(start_error(format!(
+                    "it exited ({status}) before it was ready; last log lines:\n{}",
+                    log_tail(&log_path, 10)
+                )));
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                return Err(start_error(format!(
+                    "no ready line within {READY_TIMEOUT:?}; see {}",
+                    log_path.display()
+                )));
+            }
+        };
+        let ready: ReadyLine = serde_json::from_str(&line)
+            .map_err(|error| start_error(format!("invalid ready line `{line}`: {error}")))?;
+        // Anything the instance prints later goes to its log through stderr; drain stdout
+        // so that a stray print never blocks it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        debug!(instance = %name, pid = ready.pid, data_port = ready.data_port, "instance ready line");
+        self.children.insert(spec.id, Running { name, child, exit: None });
+        Ok(InstanceEndpoints {
+            control_url: format!("http://127.0.0.1:{}", ready.control_port),
+            data_addr: format!("127.0.0.1:{}", ready.data_port),
+            handle: format!("pid {}", ready.pid),
+        })
+    }
+
+    async fn stop_instance(&mut self, id: InstanceId) -> Result<(), BackendError> {
+        let Some(running) = self.children.get_mut(&id) else { return Ok(()) };
+        if running.exit.is_some() {
+            return Ok(());
+        }
+        let exited = tokio::time::timeout(EXIT_GRACE, running.child.wait()).await;
+        match exited {
+            Ok(Ok(status)) => running.exit = Some(status.to_string()),
+            _ => {
+                warn!(instance = %running.name, "instance did not exit after stop; killing it");
+                running.child.start_kill().map_err(|error| BackendError::Stop {
+                    instance: running.name.clone(),
+                    reason: error.to_string(),
+                })?;
+                let status = running.child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+                running.exit = Some(format!("killed ({status})"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn exited(&mut self, id: InstanceId) -> Option<String> {
+        let running = self.children.get_mut(&id)?;
+        if let Some(exit) = &running.exit {
+            return Some(exit.clone());
+        }
+        match running.child.try_wait() {
+            Ok(Some(status)) => {
+                running.exit = Some(format!("process exited: {status}"));
+                running.exit.clone()
+            }
+            Ok(None) => None,
+            Err(error) => Some(format!("cannot query the process: {error}")),
+        }
+    }
+
+    async fn teardown(&mut self) -> Result<(), BackendError> {
+        let ids: Vec<InstanceId> = self.children.keys().copied().collect();
+        for id in ids {
+            let running = self.children.get_mut(&id).expect("listed above");
+            if running.exit.is_none() {
+                let _ = running.child.start_kill();
+                let status = running.child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+                running.exit = Some(format!("killed at teardown ({status})"));
+            }
+        }
+        Ok(())
+    }
+
+    fn log_dir(&self) -> Option<PathBuf> {
+        Some(self.log_dir.clone())
+    }
+}
+
+/// Returns the last `lines` lines of a log file, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].iter().map(|line| format!("    {line}")).collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,290 @@
+//! Command line of `mock-ersap` and the checks that clap cannot express.
+
+use std::net::IpAddr;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, ValueEnum};
+use orchestrator::control::Role;
+
+use super::InstanceError;
+
+/// Mock ERSAP instance: one service replica of a streaming workflow.
+///
+/// It binds a TCP data port and an HTTP control port, prints one JSON line
+/// `{"event":"ready","data_port":..,"control_port":..,"pid":..}` on stdout, and then takes its
+/// orders from the control API. The control token is read from the environment variable
+/// TESTBED_TOKEN. Logs go to stderr; RUST_LOG sets their level.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mock-ersap", version)]
+pub struct Args {
+    /// Role in the workflow: source (ERSAP's reader), processor (a service) or sink (writer).
+    #[arg(
+        long,
+        value_parser = PossibleValuesParser::new(["source", "processor", "sink"])
+            .map(|role| parse_role(&role)),
+    )]
+    pub role: Role,
+
+    /// Run id; labels every log line and is the DPE session in reports.
+    #[arg(long)]
+    pub run_id: String,
+
+    /// Name of the workflow stage this instance is a replica of.
+    #[arg(long)]
+    pub stage: String,
+
+    /// Index of this replica within its stage.
+    #[arg(long, default_value_t = 0)]
+    pub replica: u32,
+
+    /// Class name of the engine, as in services.yaml.
+    #[arg(long, default_value = "org.jlab.epsci.ersap.testbed.MockEngine")]
+    pub engine_class: String,
+
+    /// Name of the engine, the last part of the canonical service name [default: the stage].
+    #[arg(long)]
+    pub engine_name: Option<String>,
+
+    /// Name of the ERSAP container that holds the service.
+    #[arg(long, default_value = "testbed")]
+    pub container: String,
+
+    /// Language of the emulated DPE; part of its canonical name.
+    #[arg(long, value_enum, default_value_t = Lang::Java)]
+    pub lang: Lang,
+
+    /// Site label, shown in reports.
+    #[arg(long, default_value = "local")]
+    pub site: String,
+
+    /// Cluster label, shown in reports.
+    #[arg(long, default_value = "local")]
+    pub cluster: String,
+
+    /// Node label, shown in reports.
+    #[arg(long, default_value = "local")]
+    pub node: String,
+
+    /// IP address that the data and control ports bind to. With a loopback address the
+    /// instance accepts only loopback targets.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// TCP port for inbound events; 0 picks a free port.
+    #[arg(long, default_value_t = 0)]
+    pub data_port: u16,
+
+    /// TCP port of the HTTP control API; 0 picks a free port.
+    #[arg(long, default_value_t = 0)]
+    pub control_port: u16,
+
+    /// Host in the canonical DPE name [default: the bind address, or 127.0.0.1 when binding
+    /// to 0.0.0.0].
+    #[arg(long)]
+    pub advertise: Option<String>,
+
+    /// Source: number of events to emit.
+    #[arg(long, default_value_t = 0)]
+    pub events: u64,
+
+    /// Source: first sequence number; the source emits seq-start .. seq-start + events.
+    #[arg(long, default_value_t = 0)]
+    pub seq_start: u64,
+
+    /// Source: payload size of each event, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub event_size: u32,
+
+    /// Source: emission rate in events per second; 0 emits as fast as the links allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Processor: modelled processing cost in nanoseconds per input byte (JLab calibrated
+    /// 500 ns/byte on 60 kB CLAS12 frames).
+    #[arg(long, default_value_t = 0.0)]
+    pub cost_ns_per_byte: f64,
+
+    /// Processor: how the cost is spent: burn spins a CPU, sleep sleeps the worker thread.
+    #[arg(long, value_enum, default_value_t = CostMode::Burn)]
+    pub cost_mode: CostMode,
+
+    /// Processor: number of worker threads (ERSAP's pool size).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: u32,
+
+    /// Processor: payload size of each output event, in bytes; 0 keeps the input size.
+    #[arg(long, default_value_t = 0)]
+    pub output_size: u32,
+
+    /// PID of the harness; the instance exits within 1 s after that process is gone.
+    #[arg(long)]
+    pub harness_pid: Option<u32>,
+
+    /// Report period of the emulated DPE, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub report_period_s: u64,
+
+    /// The service's ERSAP configuration as JSON (global section merged with its own). It is
+    /// only recorded and shown in the report; addresses in it are never contacted.
+    #[arg(long)]
+    pub config_json: Option<String>,
+}
+
+/// Language of the emulated DPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    Java,
+    Cpp,
+    Python,
+}
+
+impl Lang {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lang::Java => "java",
+            Lang::Cpp => "cpp",
+            Lang::Python => "python",
+        }
+    }
+}
+
+/// How a processor spends its modelled cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CostMode {
+    /// Spin on the clock, keeping a CPU busy as real reconstruction code would.
+    Burn,
+    /// Sleep, which occupies a worker slot but no CPU.
+    Sleep,
+}
+
+/// Largest `--event-size` and `--output-size` accepted, in bytes.
+pub const MAX_EVENT_SIZE: u32 = 64 * 1024 * 1024;
+
+impl Args {
+    /// Checks the values that clap parses but cannot judge, and parses `--config-json`.
+    pub fn validate(&self) -> Result<Option<serde_json::Value>, InstanceError> {
+        let invalid = |name: &'static str, value: String, reason: &str| {
+            Err(InstanceError::InvalidArgument { name, value, reason: reason.to_owned() })
+        };
+        if !self.rate.is_finite() || self.rate < 0.0 {
+            return invalid("--rate", self.rate.to_string(), "must be a finite number >= 0");
+        }
+        if !self.cost_ns_per_byte.is_finite() || self.cost_ns_per_byte < 0.0 {
+            return invalid(
+                "--cost-ns-per-byte",
+                self.cost_ns_per_byte.to_string(),
+                "must be a finite number >= 0",
+            );
+        }
+        for (name, size) in [("--event-size", self.event_size), ("--output-size", self.output_size)]
+        {
+            if size > MAX_EVENT_SIZE {
+                return invalid(name, size.to_string(), "exceeds the limit of 64 MiB");
+            }
+        }
+        if self.seq_start.checked_add(self.events).is_none() {
+            return invalid(
+                "--events",
+                self.events.to_string(),
+                "--seq-start + --events must fit in an unsigned 64-bit integer",
+            );
+        }
+        if self.report_period_s == 0 {
+            return invalid("--report-period-s", "0".to_owned(), "must be at least 1");
+        }
+        match &self.config_json {
+            None => Ok(None),
+            Some(text) => match serde_json::from_str(text) {
+                Ok(value) => Ok(Some(value)),
+                Err(err) => invalid("--config-json", text.clone(), &format!("is not JSON: {err}")),
+            },
+        }
+    }
+
+    /// Engine name, which defaults to the stage name.
+    pub fn engine_name(&self) -> &str {
+        self.engine_name.as_deref().unwrap_or(&self.stage)
+    }
+
+    /// Host part of the canonical DPE name.
+    pub fn advertised_host(&self) -> String {
+        match &self.advertise {
+            Some(host) => host.clone(),
+            None if self.bind.is_unspecified() => "127.0.0.1".to_owned(),
+            None => self.bind.to_string(),
+        }
+    }
+
+    /// Whether the instance runs as a local process, which limits its targets to loopback.
+    pub fn is_process_mode(&self) -> bool {
+        self.bind.is_loopback()
+    }
+}
+
+fn parse_role(role: &str) -> Role {
+    match role {
+        "source" => Role::Source,
+        "processor" => Role::Processor,
+        _ => Role::Sink,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let base = ["mock-ersap", "--role", "processor", "--run-id", "r1", "--stage", "reco"];
+        Args::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn defaults_fill_optional_arguments() {
+        let args = parse(&[]).expect("valid arguments");
+        assert_eq!(args.role, Role::Processor);
+        assert_eq!(args.engine_name(), "reco");
+        assert_eq!(args.advertised_host(), "127.0.0.1");
+        assert_eq!(args.threads, 1);
+        assert!(args.is_process_mode());
+        assert_eq!(args.validate().expect("valid"), None);
+    }
+
+    #[test]
+    fn unknown_role_is_rejected() {
+        let err = Args::try_parse_from(["mock-ersap", "--role", "reader", "--run-id", "r"])
+            .expect_err("reader is not a role");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn advertised_host_replaces_unspecified_bind() {
+        let args = parse(&["--bind", "0.0.0.0"]).expect("valid arguments");
+        assert_eq!(args.advertised_host(), "127.0.0.1");
+        assert!(!args.is_process_mode());
+        let args = parse(&["--bind", "0.0.0.0", "--advertise", "node7"]).expect("valid");
+        assert_eq!(args.advertised_host(), "node7");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_by_validate() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--rate=-1"], "--rate"),
+            (&["--cost-ns-per-byte", "NaN"], "--cost-ns-per-byte"),
+            (&["--event-size", "100000000"], "--event-size"),
+            (&["--seq-start", "18446744073709551615", "--events", "2"], "--events"),
+            (&["--config-json", "{not json"], "--config-json"),
+        ];
+        for (extra, expected) in cases {
+            let args = parse(extra).expect("clap accepts the value");
+            match args.validate() {
+                Err(InstanceError::InvalidArgument { name, .. }) => assert_eq!(name, *expected),
+                other => panic!("{extra:?}: expected an invalid {expected}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn zero_threads_are_rejected_by_clap() {
+        assert!(parse(&["--threads", "0"]).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! Worker pool of a processor: the modelled processing cost and the output events.
+//!
+//! A processor models an ERSAP service the way JLab's synthetic stages do: a cost in
+//! nanoseconds per input byte, a number of worker threads (the service's pool size) and an
+//! output size. Workers take whole batches from the readers, spend the batch's cost, rewrite
+//! the events to the output size if one is set, and hand the batch to the router.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use tracing::info;
+
+use super::args::CostMode;
+use super::batch::Batch;
+use super::frame::{FrameHeader, FrameReader, HEADER_LEN};
+use super::stats::Counters;
+use super::{InstanceError, Shared};
+
+/// Batches that readers may queue for the workers before they stop reading, which in turn
+/// makes TCP slow the upstream senders down.
+const WORK_QUEUE_BATCHES: usize = 32;
+
+/// Starts the worker threads and returns the channel that feeds them.
+pub(crate) fn spawn_workers(shared: &Arc<Shared>) -> Result<Sender<Batch>, InstanceError> {
+    let (work_tx, work_rx) = crossbeam_channel::bounded(WORK_QUEUE_BATCHES);
+    for index in 0..shared.args.threads {
+        let shared = Arc::clone(shared);
+        let work_rx: Receiver<Batch> = work_rx.clone();
+        let spawned = thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
+            let _entered = shared.span.enter();
+            run_worker(&shared, &work_rx);
+        });
+        spawned.map_err(|source| InstanceError::Start { what: "worker thread", source })?;
+    }
+    info!(threads = shared.args.threads, "processor workers started");
+    Ok(work_tx)
+}
+
+fn run_worker(shared: &Shared, work_rx: &Receiver<Batch>) {
+    let mut meter = CostMeter::new(shared.args.cost_mode);
+    let ns_per_byte = shared.args.cost_ns_per_byte;
+    let output_size = shared.args.output_size;
+    let counters = &shared.counters;
+    for batch in work_rx {
+        let spent = meter.spend(ns_per_byte * batch.payload_bytes as f64);
+        Counters::add(&counters.exec_time_ns, spent.as_nanos() as u64);
+        Counters::add(&counters.requests, batch.events);
+
+        let events = batch.events;
+        let output = if output_size == 0 {
+            batch
+        } else {
+            let resized = resize_events(&batch, output_size, shared.pool.take(0));
+            shared.pool.give_back(batch.data);
+            resized
+        };
+        shared.router.send(output);
+
+        // The router has the batch now, so it no longer counts as queued.
+        let before = counters.queued.fetch_sub(events, std::sync::atomic::Ordering::AcqRel);
+        if before == events {
+            shared.drain.queue_emptied();
+        }
+    }
+}
+
+/// Rewrites every event of `input` to a payload of `output_size` bytes, keeping sequence
+/// number and creation time. The payload starts with the input's bytes and is zero-padded.
+pub(crate) fn resize_events(input: &Batch, output_size: u32, mut out: Vec<u8>) -> Batch {
+    let frame_len = HEADER_LEN + output_size as usize;
+    let needed = frame_len * input.events as usize;
+    if out.len() < needed {
+        out.resize(needed, 0);
+    }
+    let mut offset = 0;
+    for frame in FrameReader::new(input.frames()).flatten() {
+        let header = FrameHeader::data(frame.header.seq, frame.header.created_ns, output_size);
+        header.encode_into(&mut out[offset..]);
+        let payload = &mut out[offset + HEADER_LEN..offset + frame_len];
+        let kept = frame.payload.len().min(payload.len());
+        payload[..kept].copy_from_slice(&frame.payload[..kept]);
+        payload[kept..].fill(0);
+        offset += frame_len;
+    }
+    Batch {
+        data: out,
+        len: offset,
+        events: input.events,
+        payload_bytes: input.events * u64::from(output_size),
+        sent_at: input.sent_at,
+    }
+}
+
+/// Spends modelled processing time.
+///
+/// Costs are owed and paid in lumps of at least [`CostMeter::min_payment`], so that a cost of
+/// a few nanoseconds per event does not turn into a clock read or a sleep per event. What a
+/// payment overshoots (a sleep usually wakes late) is credited to the next one, up to
+/// [`MAX_CREDIT`], so the total time spent tracks the total cost.
+#[derive(Debug)]
+pub struct CostMeter {
+    mode: CostMode,
+    /// Nanoseconds owed; negative when earlier payments overshot.
+    owed_ns: f64,
+}
+
+/// Largest overshoot carried to later payments. It bounds how long a worker may run without
+/// paying after, for example, the scheduler kept it off the CPU during a sleep.
+pub const MAX_CREDIT: Duration = Duration::from_millis(10);
+
+impl CostMeter {
+    pub fn new(mode: CostMode) -> Self {
+        Self { mode, owed_ns: 0.0 }
+    }
+
+    /// Smallest amount paid at once. Sleeping for less is dominated by wake-up latency
+    /// (about 50 µs of timer slack on Linux); spinning needs only a few clock reads.
+    pub fn min_payment(&self) -> Duration {
+        match self.mode {
+            CostMode::Burn => Duration::from_micros(5),
+            CostMode::Sleep => Duration::from_micros(200),
+        }
+    }
+
+    /// Adds `cost_ns` to the debt and pays it if it has reached the minimum payment.
+    /// Returns the time actually spent, zero when the cost was only added to the debt.
+    pub fn spend(&mut self, cost_ns: f64) -> Duration {
+        self.owed_ns += cost_ns;
+        if self.owed_ns < self.min_payment().as_nanos() as f64 {
+            return Duration::ZERO;
+        }
+        let owed = Duration::from_nanos(self.owed_ns as u64);
+        let started = Instant::now();
+        match self.mode {
+            CostMode::Burn => {
+                while started.elapsed() < owed {
+                    std::hint::spin_loop();
+                }
+            }
+            CostMode::Sleep => thread::sleep(owed),
+        }
+        let spent = started.elapsed();
+        self.owed_ns -= spent.as_nanos() as f64;
+        self.owed_ns = self.owed_ns.max(-(MAX_CREDIT.as_nanos() as f64));
+        spent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::frame::push_data_frame;
+
+    #[test]
+    fn small_costs_accumulate_into_one_payment() {
+        let mut meter = CostMeter::new(CostMode::Burn);
+        // 1000 events of 1 ns each stay below the 5 µs minimum until the end.
+        let mut spent = Duration::ZERO;
+        let mut payments = 0;
+        for _ in 0..1000 {
+            let paid = meter.spend(1.0);
+            payments += usize::from(!paid.is_zero());
+            spent += paid;
+        }
+        assert_eq!(payments, 0);
+        assert_eq!(spent, Duration::ZERO);
+        let paid = meter.spend(4_000.0);
+        assert!(paid >= Duration::from_micros(5), "paid {paid:?}");
+    }
+
+    #[test]
+    fn burn_and_sleep_spend_the_total_cost() {
+        for mode in [CostMode::Burn, CostMode::Sleep] {
+            let mut meter = CostMeter::new(mode);
+            let started = Instant::now();
+            let mut spent = Duration::ZERO;
+            // 400 payments of 50 µs: 20 ms in total.
+            for _ in 0..400 {
+                spent += meter.spend(50_000.0);
+            }
+            spent += meter.spend(meter.min_payment().as_nanos() as f64);
+            let elapsed = started.elapsed();
+            assert!(spent >= Duration::from_millis(20), "{mode:?} spent {spent:?}");
+            assert!(elapsed < Duration::from_millis(200), "{mode:?} took {elapsed:?}");
+        }
+    }
+
+    #[test]
+    fn resize_keeps_sequence_and_pads_payload() {
+        let mut data = Vec::new();
+        push_data_frame(&mut data, 7, 100, &[1; 10]);
+        push_data_frame(&mut data, 8, 200, &[2; 10]);
+        let input =
+            Batch { len: data.len(), data, events: 2, payload_bytes: 20, sent_at: Instant::now() };
+
+        let grown = resize_events(&input, 16, vec![0xff; 4]);
+        let frames: Vec<_> =
+            FrameReader::new(grown.frames()).map(|f| f.expect("valid frame")).collect();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].header, FrameHeader::data(7, 100, 16));
+        assert_eq!(frames[1].header, FrameHeader::data(8, 200, 16));
+        assert_eq!(&frames[1].payload[..10], &[2; 10]);
+        assert_eq!(&frames[1].payload[10..], &[0; 6]);
+        assert_eq!(grown.payload_bytes, 32);
+
+        let shrunk = resize_events(&input, 4, Vec::new());
+        let frames: Vec<_> =
+            FrameReader::new(shrunk.frames()).map(|f| f.expect("valid frame")).collect();
+        assert_eq!(frames[0].payload, &[1; 4]);
+        assert_eq!(shrunk.len, 2 * (HEADER_LEN + 4));
+    }
+}

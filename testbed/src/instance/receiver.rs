@@ -1,0 +1,285 @@
+//! Inbound side of processors and sinks: accepting data connections and reading frames.
+//!
+//! Each connection gets a reader thread that fills a large buffer with whatever one `read`
+//! returns, walks the complete frames in it once (latency, counts, and for a sink the
+//! sequence numbers), and then either hands the buffer to the processor's workers or, in a
+//! sink, reuses it. An incomplete frame at the end of the buffer moves to the front of the
+//! next one. So the cost per event is one header decode, with no allocation or system call.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use orchestrator::control::{Phase, Role};
+use tracing::{debug, error, info, warn};
+
+use super::batch::{BATCH_BYTES, Batch};
+use super::frame::{FrameKind, FrameReader, HEADER_LEN};
+use super::processor;
+use super::stats::{Counters, unix_now_ns};
+use super::{InstanceError, Shared};
+
+/// Starts the thread that accepts data connections, plus the workers and the drain
+/// coordinator of a processor or sink. A source accepts and closes inbound connections.
+pub(crate) fn spawn_acceptor(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+) -> Result<(), InstanceError> {
+    let work_tx = match shared.role {
+        Role::Processor => Some(processor::spawn_workers(&shared)?),
+        Role::Sink | Role::Source => None,
+    };
+    if shared.role != Role::Source {
+        spawn_drain_coordinator(Arc::clone(&shared))?;
+    }
+    let spawned = thread::Builder::new().name("acceptor".to_owned()).spawn(move || {
+        let _entered = shared.span.enter();
+        accept_connections(&shared, &listener, work_tx);
+    });
+    spawned.map(drop).map_err(|source| InstanceError::Start { what: "acceptor thread", source })
+}
+
+fn accept_connections(shared: &Arc<Shared>, listener: &TcpListener, work_tx: Option<Sender<Batch>>) {
+    for (index, stream) in listener.incoming().enumerate() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(err) => {
+                error!(error = %err, "failed to accept a data connection");
+                continue;
+            }
+        };
+        let peer = stream.peer_addr().ok();
+        if shared.role == Role::Source {
+            warn!(?peer, "a source receives no events; closing the inbound connection");
+            continue;
+        }
+        info!(?peer, "data connection accepted");
+        let reader = ConnectionReader {
+            shared: Arc::clone(shared),
+            work_tx: work_tx.clone(),
+            peer,
+            runs: Vec::new(),
+        };
+        let spawned = thread::Builder::new()
+            .name(format!("reader-{index}"))
+            .spawn(move || {
+                let _entered = reader.shared.span.clone().entered();
+                reader.run(stream);
+            });
+        if let Err(err) = spawned {
+            error!(?peer, error = %err, "failed to start a reader thread; connection dropped");
+        }
+    }
+}
+
+/// Waits for the drain condition, then closes the outbound links and marks the instance
+/// drained.
+fn spawn_drain_coordinator(shared: Arc<Shared>) -> Result<(), InstanceError> {
+    let spawned = thread::Builder::new().name("drain".to_owned()).spawn(move || {
+        let _entered = shared.span.enter();
+        shared.drain.wait_until_drained(&shared.counters.queued);
+        if shared.role == Role::Processor {
+            shared.router.close_all();
+        }
+        shared.mark_drained();
+    });
+    spawned
+        .map(drop)
+        .map_err(|source| InstanceError::Start { what: "drain coordinator thread", source })
+}
+
+/// State of one inbound connection's reader thread.
+struct ConnectionReader {
+    shared: Arc<Shared>,
+    /// Processor only: channel to the workers.
+    work_tx: Option<Sender<Batch>>,
+    peer: Option<SocketAddr>,
+    /// Sink only: runs of consecutive sequence numbers found in the current buffer.
+    runs: Vec<SeqRun>,
+}
+
+/// Consecutive sequence numbers `[start, end)` whose payloads all have `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SeqRun {
+    pub start: u64,
+    pub end: u64,
+    pub len: u32,
+}
+
+/// What one pass over a buffer found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Bytes of the complete data frames at the start of the buffer.
+    data_len: usize,
+    events: u64,
+    payload_bytes: u64,
+    /// The end frame's count of data frames, if the buffer holds the end frame.
+    end: Option<u64>,
+    /// Bytes taken by complete frames, the end frame included.
+    consumed: usize,
+    invalid: Option<String>,
+}
+
+impl ConnectionReader {
+    fn run(mut self, mut stream: TcpStream) {
+        let peer = self.peer;
+        self.shared.phase.advance(Phase::Ready, Phase::Running);
+        let mut buf = self.shared.pool.take(BATCH_BYTES);
+        let mut filled = 0;
+        let mut events_on_connection = 0u64;
+        loop {
+            if filled == buf.len() {
+                // One frame is larger than the buffer; grow the buffer to hold it.
+                let needed = FrameReader::new(&buf[..filled]).pending_frame_len();
+                buf.resize(needed.unwrap_or(filled + HEADER_LEN).max(filled * 2), 0);
+            }
+            let n = match stream.read(&mut buf[filled..]) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    warn!(?peer, error = %err, events_on_connection, "data connection failed");
+                    break;
+                }
+            };
+            if n == 0 {
+                if filled > 0 {
+                    warn!(?peer, bytes = filled, "connection closed inside a frame");
+                } else {
+                    warn!(?peer, events_on_connection, "connection closed without an end frame");
+                }
+                break;
+            }
+            filled += n;
+
+            let scan = self.scan(&buf[..filled]);
+            events_on_connection += scan.events;
+            if scan.events > 0 {
+                buf = self.deliver(buf, &scan);
+            }
+            // Keep the incomplete tail; a processor's new buffer holds it already.
+            if self.work_tx.is_none() || scan.events == 0 {
+                buf.copy_within(scan.consumed..filled, 0);
+            }
+            filled -= scan.consumed;
+
+            if let Some(reason) = scan.invalid {
+                error!(?peer, %reason, "invalid frame; closing the data connection");
+                Counters::add(&self.shared.counters.failures, 1);
+                break;
+            }
+            if let Some(announced) = scan.end {
+                if announced != events_on_connection {
+                    warn!(
+                        ?peer,
+                        announced,
+                        received = events_on_connection,
+                        "end frame announces a different number of events than arrived"
+                    );
+                }
+                if filled > 0 {
+                    warn!(?peer, bytes = filled, "bytes after the end frame were ignored");
+                }
+                debug!(?peer, events_on_connection, "end frame received");
+                self.shared.drain.end_received();
+                break;
+            }
+        }
+        self.shared.pool.give_back(buf);
+    }
+
+    /// Walks the complete frames of `bytes`, records their latency, and for a sink collects
+    /// their sequence numbers in `self.runs`.
+    fn scan(&mut self, bytes: &[u8]) -> Scan {
+        let arrival_ns = unix_now_ns();
+        let is_sink = self.shared.role == Role::Sink;
+        self.runs.clear();
+        let mut scan = Scan::default();
+        let mut latency = self.shared.latency.lock();
+        let mut reader = FrameReader::new(bytes);
+        for frame in reader.by_ref() {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(err) => {
+                    scan.invalid = Some(err.to_string());
+                    break;
+                }
+            };
+            let header = frame.header;
+            if header.kind == FrameKind::End {
+                scan.end = Some(header.seq);
+                break;
+            }
+            latency.record(arrival_ns, header.created_ns);
+            scan.events += 1;
+            scan.payload_bytes += u64::from(header.len);
+            if is_sink {
+                match self.runs.last_mut() {
+                    Some(run) if run.end == header.seq && run.len == header.len => run.end += 1,
+                    _ => self.runs.push(SeqRun {
+                        start: header.seq,
+                        end: header.seq.saturating_add(1),
+                        len: header.len,
+                    }),
+                }
+            }
+        }
+        drop(latency);
+        scan.consumed = reader.consumed();
+        scan.data_len = match scan.end {
+            Some(_) => scan.consumed - HEADER_LEN,
+            None => scan.consumed,
+        };
+        scan
+    }
+
+    /// Passes the data frames of a buffer on; returns the buffer to read into next.
+    fn deliver(&mut self, buf: Vec<u8>, scan: &Scan) -> Vec<u8> {
+        let counters = &self.shared.counters;
+        let Some(work_tx) = &self.work_tx else {
+            self.record_in_sink(scan);
+            return buf;
+        };
+        Counters::add(&counters.events_in, scan.events);
+        Counters::add(&counters.bytes_in, scan.payload_bytes);
+        Counters::add(&counters.queued, scan.events);
+
+        let tail = &buf[scan.consumed..];
+        let mut next = self.shared.pool.take(BATCH_BYTES.max(tail.len()));
+        next[..tail.len()].copy_from_slice(tail);
+        let batch = Batch {
+            data: buf,
+            len: scan.data_len,
+            events: scan.events,
+            payload_bytes: scan.payload_bytes,
+            sent_at: Instant::now(),
+        };
+        if work_tx.send(batch).is_err() {
+            error!(peer = ?self.peer, "processor workers are gone; events dropped");
+        }
+        next
+    }
+
+    fn record_in_sink(&mut self, scan: &Scan) {
+        let Some(received) = &self.shared.received else {
+            return;
+        };
+        let mut unique_events = 0;
+        let mut unique_bytes = 0;
+        {
+            let mut set = received.lock().unwrap_or_else(|e| e.into_inner());
+            for run in &self.runs {
+                let added = set.insert_run(run.start, run.end);
+                unique_events += added;
+                unique_bytes += added * u64::from(run.len);
+            }
+        }
+        let counters = &self.shared.counters;
+        Counters::add(&counters.events_in, unique_events);
+        Counters::add(&counters.requests, unique_events);
+        Counters::add(&counters.bytes_in, unique_bytes);
+        Counters::add(&counters.duplicates, scan.events - unique_events);
+    }
+}

@@ -1,0 +1,559 @@
+//! One run of a scenario: load the inputs, provision, deploy, stream, drain, check the
+//! expectations, tear down and write the artifacts.
+//!
+//! Teardown happens on every path out of [`execute`]: success, failed expectations, errors,
+//! and Ctrl-C or SIGTERM (the streaming future is dropped and the orchestrator shuts down
+//! before the artifacts are written). A panic drops the backend, whose children are killed on
+//! drop; instances also exit by themselves once the harness process is gone.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use orchestrator::InputError;
+use orchestrator::control::Role;
+use orchestrator::model::{InstanceId, InstanceState, StageId, Topology, Workflow};
+use orchestrator::orchestrator::{Event, Options, Orchestrator, OrchestratorError, StreamParams};
+use orchestrator::placement::PlacementError;
+use tracing::{error, info, warn};
+
+use crate::artifacts::{
+    self, Benchmark, ExpectationResult, Phases, StageSummary, Summary, write_json,
+};
+use crate::backends::RunLabels;
+use crate::backends::process::ProcessBackend;
+use crate::progress::Progress;
+use crate::results::{self, EventCounts, Sample};
+use crate::scenario::Scenario;
+
+/// How often the harness polls every instance while streaming.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Backends the harness can run a scenario on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Local processes on 127.0.0.1.
+    Process,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Process => "process",
+        }
+    }
+}
+
+/// What to run and where to put the results.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub backend: BackendKind,
+    pub topology: PathBuf,
+    pub workflow: PathBuf,
+    pub scenario: PathBuf,
+    /// Overrides the scenario's event count.
+    pub events: Option<u64>,
+    pub output: PathBuf,
+    pub mock_bin: PathBuf,
+    pub quiet: bool,
+}
+
+/// How a run ended; each maps to an exit code.
+#[derive(Debug)]
+pub enum RunError {
+    /// Invalid input file or a workflow that does not fit: exit 2.
+    Input(InputError),
+    /// The environment is unusable (missing binary, folder not writable): exit 2.
+    Environment(String),
+    /// Ctrl-C or SIGTERM: exit 130.
+    Interrupted,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Input(error) => write!(f, "{error}"),
+            RunError::Environment(message) => f.write_str(message),
+            RunError::Interrupted => f.write_str("interrupted; every instance was stopped"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// The checked inputs of a run.
+pub struct Inputs {
+    pub topology: Topology,
+    pub workflow: Workflow,
+    pub scenario: Scenario,
+}
+
+impl Inputs {
+    pub fn load(config: &RunConfig) -> Result<Inputs, RunError> {
+        let topology = Topology::load(&config.topology).map_err(RunError::Input)?;
+        let workflow = Workflow::load(&config.workflow).map_err(RunError::Input)?;
+        let mut scenario = Scenario::load(&config.scenario).map_err(RunError::Input)?;
+        if let Some(events) = config.events {
+            if events == 0 {
+                return Err(RunError::Environment(
+                    "--events is 0; stream at least 1 event".to_string(),
+                ));
+            }
+            scenario.stream.events = events;
+        }
+        Ok(Inputs { topology, workflow, scenario })
+    }
+}
+
+/// A new run id: UTC time to the second and a random suffix, so that ids sort by time and two
+/// runs started in the same second still differ.
+pub fn new_run_id() -> String {
+    let suffix: u32 = rand::random();
+    format!("{}-{:06x}", chrono::Utc::now().format("%Y%m%d-%H%M%S"), suffix & 0xff_ffff)
+}
+
+/// A fresh 128-bit control token.
+pub fn new_token() -> String {
+    let value: u128 = rand::random();
+    format!("{value:032x}")
+}
+
+/// Runs a scenario end to end and writes its artifacts into `run_dir`. Returns the summary;
+/// `summary.passed` says whether every expectation held.
+pub async fn execute(
+    config: &RunConfig,
+    inputs: Inputs,
+    run_id: &str,
+    run_dir: &Path,
+) -> Result<Summary, RunError> {
+    let progress = Progress::new(config.quiet);
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let run_start = Instant::now();
+    let token = new_token();
+    let labels = RunLabels { run_id: run_id.to_string(), harness_pid: std::process::id() };
+    let log_dir = run_dir.join("logs");
+    let backend = match config.backend {
+        BackendKind::Process => Box::new(ProcessBackend::new(&config.mock_bin, labels, &token, &log_dir)),
+    };
+    let scenario = inputs.scenario.clone();
+    let params = StreamParams {
+        events: scenario.stream.events,
+        event_size: scenario.stream.event_size,
+        rate: scenario.stream.rate,
+    };
+    let mut orchestrator =
+        Orchestrator::new(inputs.topology, inputs.workflow, backend, &token, params, Options::default());
+
+    match orchestrator.plan() {
+        Ok(_) => {}
+        Err(OrchestratorError::Placement(PlacementError::UnknownSite(error))) => {
+            return Err(RunError::Input(error));
+        }
+        Err(OrchestratorError::Placement(error)) => {
+            let file = config.workflow.clone();
+            return Err(RunError::Input(
+                InputError::new(&file, 0, error.to_string()).with_hint(
+                    "lower the stage's replicas or cores in the workflow's `testbed:` section, \
+                     or add nodes to the topology",
+                ),
+            ));
+        }
+        Err(other) => return Err(RunError::Environment(other.to_string())),
+    }
+    info!(run_id, backend = config.backend.as_str(), scenario = %scenario.name, "run started");
+    progress.println(&format!(
+        "testbed: run {run_id}, scenario `{}` on the {} backend, {} events",
+        scenario.name,
+        config.backend.as_str(),
+        scenario.stream.events
+    ));
+
+    let mut recorder = Recorder::new(orchestrator.workflow().stages().len());
+    let mut phases = Phases::default();
+    let mut errors = Vec::new();
+    let driven = tokio::select! {
+        result = drive(&mut orchestrator, &scenario, &progress, &mut recorder, &mut phases) => Some(result),
+        _ = shutdown_signal() => None,
+    };
+    let interrupted = driven.is_none();
+    let final_stats = match driven {
+        Some(Ok(())) => Some(orchestrator.final_stats().await),
+        Some(Err(error)) => {
+            error!(%error, "run failed");
+            errors.push(error);
+            Some(orchestrator.final_stats().await)
+        }
+        None => None,
+    };
+    let reports = if interrupted { BTreeMap::new() } else { orchestrator.reports().await };
+
+    let teardown = progress.phase("teardown", None, "");
+    let teardown_start = Instant::now();
+    if let Err(error) = orchestrator.shutdown().await {
+        warn!(%error, "teardown failed");
+        errors.push(format!("teardown: {error}"));
+    }
+    phases.teardown = teardown_start.elapsed().as_secs_f64();
+    teardown.done(format!("{} instances stopped in {:.1} s", orchestrator.instances().count(), phases.teardown));
+    if interrupted {
+        return Err(RunError::Interrupted);
+    }
+    phases.total = run_start.elapsed().as_secs_f64();
+
+    let final_stats = final_stats.unwrap_or_default();
+    let summary = summarize(
+        config,
+        &orchestrator,
+        &scenario,
+        &final_stats,
+        &recorder,
+        phases,
+        errors,
+        run_id,
+        started_at,
+    );
+    write_artifacts(run_dir, &summary, &recorder, &orchestrator, &reports)
+        .map_err(|error| RunError::Environment(format!("cannot write artifacts: {error:#}")))?;
+    Ok(summary)
+}
+
+/// Provision, deploy, stream and drain. Errors are returned as text for the summary; the
+/// caller always tears down.
+async fn drive(
+    orchestrator: &mut Orchestrator,
+    scenario: &Scenario,
+    progress: &Progress,
+    recorder: &mut Recorder,
+    phases: &mut Phases,
+) -> Result<(), String> {
+    let node_count = orchestrator.topology().nodes().len();
+    let cluster_count = orchestrator.topology().clusters().len();
+    let phase = progress.phase("provision", None, "");
+    let start = Instant::now();
+    if let Err(error) = orchestrator.provision().await {
+        phase.failed(error.to_string());
+        return Err(format!("provision: {error}"));
+    }
+    phases.provision = start.elapsed().as_secs_f64();
+    phase.done(format!(
+        "{cluster_count} clusters, {node_count} nodes in {:.1} s",
+        phases.provision
+    ));
+
+    let instance_total: u64 =
+        orchestrator.workflow().stages().iter().map(|stage| u64::from(stage.replicas.get())).sum();
+    let phase = progress.phase("deploy", Some(instance_total), "instances");
+    let start = Instant::now();
+    let deployed = orchestrator.deploy().await;
+    for event in orchestrator.take_events() {
+        if let Event::InstanceReady { .. } = event {
+            phase.inc(1);
+        }
+    }
+    if let Err(error) = deployed {
+        phase.failed(error.to_string());
+        return Err(format!("deploy: {error}"));
+    }
+    phases.deploy = start.elapsed().as_secs_f64();
+    phase.done(format!("{instance_total} instances ready and linked in {:.1} s", phases.deploy));
+
+    let total = scenario.stream.events;
+    let phase = progress.phase("stream", Some(total), "events");
+    let stream_start = Instant::now();
+    if let Err(error) = orchestrator.start_stream().await {
+        phase.failed(error.to_string());
+        return Err(format!("start: {error}"));
+    }
+    let timeout = Duration::from_secs_f64(scenario.timeout_s);
+    let mut sources_done: Option<Instant> = None;
+    let mut interval = tokio::time::interval(POLL_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let snapshot = match orchestrator.poll().await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                phase.failed(error.to_string());
+                return Err(format!("stream: {error}"));
+            }
+        };
+        let elapsed = stream_start.elapsed();
+        recorder.record(orchestrator, &snapshot.stats, elapsed.as_secs_f64());
+        let sink_events = recorder.last_events().last().copied().unwrap_or(0);
+        phase.set_position(sink_events.min(total));
+        let failed: Vec<String> = orchestrator
+            .take_events()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::InstanceFailed { name, reason } => Some(format!("{name}: {reason}")),
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            phase.failed("an instance failed".to_string());
+            return Err(format!("instance failed during streaming: {}", failed.join("; ")));
+        }
+        if sources_done.is_none() && source_drained(orchestrator) {
+            sources_done = Some(Instant::now());
+            phases.stream = elapsed.as_secs_f64();
+        }
+        if snapshot.drained {
+            break;
+        }
+        if elapsed > timeout {
+            phase.failed(format!("timed out after {:.0} s", timeout.as_secs_f64()));
+            return Err(format!(
+                "streaming did not finish within the scenario's timeout of {:.0} s; the sink had \
+                 {sink_events} of {total} events (raise `timeout_s` or lower `stream.events`)",
+                timeout.as_secs_f64()
+            ));
+        }
+    }
+    let finished = stream_start.elapsed().as_secs_f64();
+    phases.drain = finished - phases.stream;
+    recorder.duration = finished;
+    phase.done(format!(
+        "{total} events in {finished:.1} s ({:.0} events/s at the sink)",
+        recorder.last_events().last().copied().unwrap_or(0) as f64 / finished.max(1e-9)
+    ));
+    Ok(())
+}
+
+fn source_drained(orchestrator: &Orchestrator) -> bool {
+    orchestrator
+        .instances()
+        .filter(|record| record.spec.role == Role::Source)
+        .all(|record| record.state == InstanceState::Drained)
+}
+
+/// Counters over time, per stage.
+pub struct Recorder {
+    samples: Vec<Sample>,
+    stage_count: usize,
+    /// Seconds from the start of streaming to the end of the drain.
+    duration: f64,
+}
+
+impl Recorder {
+    fn new(stage_count: usize) -> Recorder {
+        Recorder { samples: Vec::new(), stage_count, duration: 0.0 }
+    }
+
+    fn record(&mut self, orchestrator: &Orchestrator, stats: &BTreeMap<InstanceId, orchestrator::control::Stats>, t: f64) {
+        let previous = self.samples.last().map(|sample| sample.events.clone());
+        let mut events = vec![0u64; self.stage_count];
+        let mut replicas = vec![0u32; self.stage_count];
+        let mut seen = vec![false; self.stage_count];
+        for record in orchestrator.instances() {
+            let stage = record.spec.id.stage.0;
+            if record.state.is_live() || record.state == InstanceState::Drained {
+                replicas[stage] += 1;
+            }
+            if let Some(stats) = stats.get(&record.spec.id) {
+                seen[stage] = true;
+                events[stage] += if record.spec.role == Role::Source { stats.events_out } else { stats.events_in };
+            }
+        }
+        // A stage whose instances have all drained is no longer polled: keep its last count.
+        if let Some(previous) = previous {
+            for stage in 0..self.stage_count {
+                if !seen[stage] || events[stage] < previous[stage] {
+                    events[stage] = events[stage].max(previous[stage]);
+                }
+            }
+        }
+        self.samples.push(Sample { t, events, replicas });
+    }
+
+    fn last_events(&self) -> Vec<u64> {
+        self.samples.last().map(|sample| sample.events.clone()).unwrap_or_default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    config: &RunConfig,
+    orchestrator: &Orchestrator,
+    scenario: &Scenario,
+    final_stats: &BTreeMap<InstanceId, Result<orchestrator::control::Stats, orchestrator::client::ControlError>>,
+    recorder: &Recorder,
+    phases: Phases,
+    mut errors: Vec<String>,
+    run_id: &str,
+    started_at: String,
+) -> Summary {
+    let workflow = orchestrator.workflow();
+    let topology = orchestrator.topology();
+    for (id, result) in final_stats {
+        if let Err(error) = result {
+            warn!(instance = %id, %error, "no final counters");
+        }
+    }
+    let stats_of = |stage: StageId| {
+        final_stats
+            .iter()
+            .filter(move |(id, _)| id.stage == stage)
+            .filter_map(|(_, result)| result.as_ref().ok())
+    };
+    let sent: u64 = stats_of(workflow.source().id).map(|stats| stats.events_out).sum();
+    let sinks: Vec<(Vec<[u64; 2]>, u64)> = stats_of(workflow.sink().id)
+        .map(|stats| (stats.received.clone().unwrap_or_default(), stats.duplicates))
+        .collect();
+    let events = results::count_events(scenario.stream.events, sent, &sinks);
+    let timeline = results::timeline(&recorder.samples);
+    let duration = recorder.duration.max(1e-9);
+
+    let mut stages = Vec::new();
+    for stage in workflow.stages() {
+        let (events_in, events_out) = stats_of(stage.id)
+            .fold((0, 0), |(a, b), stats| (a + stats.events_in, b + stats.events_out));
+        let handled = if stage.role == Role::Source { events_out } else { events_in };
+        let latency = results::merge_latency(stats_of(stage.id).map(|stats| stats.latency.histogram.as_slice()));
+        let peak = timeline.iter().map(|row| row.throughput[stage.id.0]).fold(0.0, f64::max);
+        let (cluster, nodes) = match orchestrator.placement() {
+            Some(placement) => (
+                topology.cluster_path(placement.cluster_of(stage.id)),
+                placement.nodes[stage.id.0].iter().map(|node| topology.node(*node).name.clone()).collect(),
+            ),
+            None => (String::new(), Vec::new()),
+        };
+        stages.push(StageSummary {
+            name: stage.name.clone(),
+            role: stage.role.to_string(),
+            class: stage.class.clone(),
+            cluster,
+            nodes,
+            replicas: stage.replicas.get(),
+            events_in,
+            events_out,
+            throughput_eps: if recorder.duration > 0.0 { handled as f64 / duration } else { 0.0 },
+            peak_eps: peak,
+            latency_ms: latency,
+        });
+    }
+
+    let expectations = check_expectations(scenario, &events, stages.last());
+    if final_stats.is_empty() && errors.is_empty() {
+        errors.push("no instance reported its final counters".to_string());
+    }
+    let passed = errors.is_empty() && expectations.iter().all(|expectation| expectation.passed);
+    Summary {
+        passed,
+        run_id: run_id.to_string(),
+        backend: config.backend.as_str().to_string(),
+        commit: artifacts::current_commit(),
+        host: artifacts::host_name(),
+        started_at,
+        scenario: scenario.name.clone(),
+        topology: config.topology.display().to_string(),
+        workflow: config.workflow.display().to_string(),
+        events,
+        stages,
+        phases_s: phases,
+        expectations,
+        errors,
+    }
+}
+
+fn check_expectations(
+    scenario: &Scenario,
+    events: &EventCounts,
+    sink: Option<&StageSummary>,
+) -> Vec<ExpectationResult> {
+    let expect = &scenario.expect;
+    let mut results = vec![
+        ExpectationResult {
+            name: "events lost".to_string(),
+            passed: events.lost <= expect.max_lost,
+            expected: format!("at most {}", expect.max_lost),
+            actual: events.lost.to_string(),
+        },
+        ExpectationResult {
+            name: "events duplicated".to_string(),
+            passed: events.duplicated <= expect.max_duplicates,
+            expected: format!("at most {}", expect.max_duplicates),
+            actual: events.duplicated.to_string(),
+        },
+    ];
+    if let Some(minimum) = expect.min_throughput_eps {
+        let actual = sink.map(|sink| sink.throughput_eps).unwrap_or(0.0);
+        results.push(ExpectationResult {
+            name: "sink throughput".to_string(),
+            passed: actual >= minimum,
+            expected: format!("at least {minimum} events/s"),
+            actual: format!("{actual:.0} events/s"),
+        });
+    }
+    if let Some(maximum) = expect.max_latency_p99_ms {
+        let actual = sink.map(|sink| sink.latency_ms.p99).unwrap_or(f64::INFINITY);
+        results.push(ExpectationResult {
+            name: "sink latency p99".to_string(),
+            passed: actual <= maximum,
+            expected: format!("at most {maximum} ms"),
+            actual: format!("{actual:.1} ms"),
+        });
+    }
+    results
+}
+
+fn write_artifacts(
+    run_dir: &Path,
+    summary: &Summary,
+    recorder: &Recorder,
+    orchestrator: &Orchestrator,
+    reports: &BTreeMap<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    write_json(&run_dir.join("summary.json"), summary)?;
+    let scenario = &summary.scenario;
+    let mut benchmarks = vec![
+        Benchmark { name: format!("{scenario}/events_lost"), unit: "events".into(), value: summary.events.lost as f64 },
+        Benchmark {
+            name: format!("{scenario}/events_duplicated"),
+            unit: "events".into(),
+            value: summary.events.duplicated as f64,
+        },
+        Benchmark { name: format!("{scenario}/deploy_time"), unit: "s".into(), value: summary.phases_s.deploy },
+        Benchmark { name: format!("{scenario}/stream_time"), unit: "s".into(), value: summary.phases_s.stream },
+        Benchmark { name: format!("{scenario}/total_time"), unit: "s".into(), value: summary.phases_s.total },
+    ];
+    if let Some(sink) = summary.stages.last() {
+        benchmarks.push(Benchmark {
+            name: format!("{scenario}/sink_throughput"),
+            unit: "events/s".into(),
+            value: sink.throughput_eps,
+        });
+        benchmarks.push(Benchmark {
+            name: format!("{scenario}/latency_p99"),
+            unit: "ms".into(),
+            value: sink.latency_ms.p99,
+        });
+    }
+    write_json(&run_dir.join("benchmarks.json"), &benchmarks)?;
+    let names: Vec<String> = orchestrator.workflow().stages().iter().map(|stage| stage.name.clone()).collect();
+    artifacts::write_timeline(&run_dir.join("timeline.csv"), &names, &results::timeline(&recorder.samples))?;
+    artifacts::write_junit(&run_dir.join("junit.xml"), summary)?;
+    if !reports.is_empty() {
+        let folder = run_dir.join("reports");
+        std::fs::create_dir_all(&folder)?;
+        for (name, report) in reports {
+            write_json(&folder.join(format!("{name}.json")), report)?;
+        }
+    }
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    warn!("signal received; stopping the run");
+}
