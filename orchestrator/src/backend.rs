@@ -78,8 +78,10 @@ pub trait Backend: Send {
     async fn provision(&mut self, topology: &Topology) -> Result<(), BackendError>;
 
     /// Starts one instance and returns once its ports are known; it may not be healthy yet.
-    async fn start_instance(&mut self, spec: &InstanceSpec)
-    -> Result<InstanceEndpoints, BackendError>;
+    async fn start_instance(
+        &mut self,
+        spec: &InstanceSpec,
+    ) -> Result<InstanceEndpoints, BackendError>;
 
     /// Stops one instance and frees what it used.
     async fn stop_instance(&mut self, id: InstanceId) -> Result<(), BackendError>;

@@ -42,22 +42,39 @@ impl ControlClient {
         self.request(instance, Method::GET, base, "/health", None::<&()>).await
     }
 
-    pub async fn stats(&self, instance: &str, base: &str, ranges: bool) -> Result<Stats, ControlError> {
+    pub async fn stats(
+        &self,
+        instance: &str,
+        base: &str,
+        ranges: bool,
+    ) -> Result<Stats, ControlError> {
         let path = if ranges { "/stats?ranges=true" } else { "/stats" };
         self.request(instance, Method::GET, base, path, None::<&()>).await
     }
 
-    pub async fn report(&self, instance: &str, base: &str) -> Result<serde_json::Value, ControlError> {
+    pub async fn report(
+        &self,
+        instance: &str,
+        base: &str,
+    ) -> Result<serde_json::Value, ControlError> {
         self.request(instance, Method::GET, base, "/report", None::<&()>).await
     }
 
     pub async fn metrics(&self, instance: &str, base: &str) -> Result<String, ControlError> {
         let url = format!("{base}/metrics");
         let response = self.send(instance, Method::GET, &url, None::<&()>).await?;
-        response.text().await.map_err(|error| self.error(instance, "GET", &url, error.to_string(), false))
+        response
+            .text()
+            .await
+            .map_err(|error| self.error(instance, "GET", &url, error.to_string(), false))
     }
 
-    pub async fn set_targets(&self, instance: &str, base: &str, targets: &Targets) -> Result<(), ControlError> {
+    pub async fn set_targets(
+        &self,
+        instance: &str,
+        base: &str,
+        targets: &Targets,
+    ) -> Result<(), ControlError> {
         self.command(instance, Method::PUT, base, "/targets", Some(targets)).await
     }
 
@@ -65,7 +82,12 @@ impl ControlClient {
         self.command(instance, Method::POST, base, "/start", None::<&()>).await
     }
 
-    pub async fn drain(&self, instance: &str, base: &str, drain: &Drain) -> Result<(), ControlError> {
+    pub async fn drain(
+        &self,
+        instance: &str,
+        base: &str,
+        drain: &Drain,
+    ) -> Result<(), ControlError> {
         self.command(instance, Method::POST, base, "/drain", Some(drain)).await
     }
 
@@ -83,10 +105,9 @@ impl ControlClient {
     ) -> Result<T, ControlError> {
         let url = format!("{base}{path}");
         let response = self.send(instance, method.clone(), &url, body).await?;
-        response
-            .json()
-            .await
-            .map_err(|error| self.error(instance, method.as_str(), &url, format!("invalid reply: {error}"), false))
+        response.json().await.map_err(|error| {
+            self.error(instance, method.as_str(), &url, format!("invalid reply: {error}"), false)
+        })
     }
 
     async fn command<B: Serialize>(
@@ -123,14 +144,22 @@ impl ControlClient {
         let text = response.text().await.unwrap_or_default();
         let reason = match status {
             StatusCode::UNAUTHORIZED => {
-                "401 unauthorized: the instance belongs to another run or the token is wrong".to_string()
+                "401 unauthorized: the instance belongs to another run or the token is wrong"
+                    .to_string()
             }
             _ => format!("HTTP {status}: {}", text.trim()),
         };
         Err(self.error(instance, method.as_str(), url, reason, false))
     }
 
-    fn error(&self, instance: &str, method: &str, url: &str, reason: String, unreachable: bool) -> ControlError {
+    fn error(
+        &self,
+        instance: &str,
+        method: &str,
+        url: &str,
+        reason: String,
+        unreachable: bool,
+    ) -> ControlError {
         ControlError {
             instance: instance.to_string(),
             method: method.to_string(),

@@ -317,7 +317,9 @@ impl Orchestrator {
     pub async fn reports(&self) -> BTreeMap<String, serde_json::Value> {
         let mut reports = BTreeMap::new();
         for record in self.instances.values() {
-            if record.endpoints.is_none() || !record.state.is_live() && record.state != InstanceState::Drained {
+            if record.endpoints.is_none()
+                || !record.state.is_live() && record.state != InstanceState::Drained
+            {
                 continue;
             }
             match self.client.report(&record.name, &control_url(record)).await {
@@ -359,7 +361,8 @@ impl Orchestrator {
         let endpoints = self.backend.start_instance(&spec).await?;
         state.advance(InstanceState::Starting).expect("pending to starting");
         info!(instance = %name, node = %spec.node_name, handle = %endpoints.handle, "started instance");
-        self.events.push(Event::InstanceStarted { name: name.clone(), node: spec.node_name.clone() });
+        self.events
+            .push(Event::InstanceStarted { name: name.clone(), node: spec.node_name.clone() });
         self.instances.insert(
             spec.id,
             InstanceRecord { spec, name, endpoints: Some(endpoints), state, missed_polls: 0 },
@@ -448,15 +451,17 @@ impl Orchestrator {
             let record = self.instances.get_mut(&id).expect("listed above");
             let reason = match exited {
                 Some(reason) => Some(reason),
-                None if record.missed_polls >= self.options.missed_polls_to_fail => Some(format!(
-                    "no reply to {} consecutive polls",
-                    record.missed_polls
-                )),
+                None if record.missed_polls >= self.options.missed_polls_to_fail => {
+                    Some(format!("no reply to {} consecutive polls", record.missed_polls))
+                }
                 None => None,
             };
             if let Some(reason) = reason {
                 warn!(instance = %record.name, %reason, "instance failed");
-                self.events.push(Event::InstanceFailed { name: record.name.clone(), reason: reason.clone() });
+                self.events.push(Event::InstanceFailed {
+                    name: record.name.clone(),
+                    reason: reason.clone(),
+                });
                 let _ = record.state.advance(InstanceState::Failed { reason });
             }
         }

@@ -117,8 +117,9 @@ pub fn place_workflow(
     let mut previous: Option<ClusterId> = None;
     for stage in workflow.stages() {
         let cluster = choose_cluster(topology, workflow, stage.id, previous, capacity, &[])?;
-        let replicas = place_replicas(topology, cluster, stage.cores.get(), stage.replicas.get(), capacity)
-            .expect("choose_cluster checked that the replicas fit");
+        let replicas =
+            place_replicas(topology, cluster, stage.cores.get(), stage.replicas.get(), capacity)
+                .expect("choose_cluster checked that the replicas fit");
         clusters.push(cluster);
         nodes.push(replicas);
         previous = Some(cluster);
@@ -168,18 +169,18 @@ pub fn choose_cluster(
         .collect();
     let cores = stage.cores.get();
     let replicas = stage.replicas.get();
-    let fitting = candidates.iter().copied().filter(|id| capacity.slots(topology, *id, cores) >= replicas);
+    let fitting =
+        candidates.iter().copied().filter(|id| capacity.slots(topology, *id, cores) >= replicas);
     let best = fitting.max_by_key(|id| {
-        (
-            Some(*id) == previous,
-            capacity.free_cores(topology, *id),
-            std::cmp::Reverse(id.0),
-        )
+        (Some(*id) == previous, capacity.free_cores(topology, *id), std::cmp::Reverse(id.0))
     });
     if let Some(cluster) = best {
         return Ok(cluster);
     }
-    let roomiest = candidates.iter().copied().max_by_key(|id| (capacity.slots(topology, *id, cores), std::cmp::Reverse(id.0)));
+    let roomiest = candidates
+        .iter()
+        .copied()
+        .max_by_key(|id| (capacity.slots(topology, *id, cores), std::cmp::Reverse(id.0)));
     let (best, best_replicas) = match roomiest {
         Some(id) => (topology.cluster_path(id), capacity.slots(topology, id, cores)),
         None => ("no cluster is available".to_string(), 0),
@@ -266,7 +267,9 @@ default_link: { latency_ms: 10 }
     #[test]
     fn site_preference_is_respected() {
         let topology = topology();
-        let workflow = workflow("  stages:\n    Reader: {site: jlab}\n    Proc: {site: nersc, replicas: 3}\n    Writer: {site: jlab}\n");
+        let workflow = workflow(
+            "  stages:\n    Reader: {site: jlab}\n    Proc: {site: nersc, replicas: 3}\n    Writer: {site: jlab}\n",
+        );
         let placement = place_workflow(&topology, &workflow, &mut Capacity::of(&topology)).unwrap();
         assert_eq!(topology.cluster_path(placement.clusters[0]), "jlab/farm");
         assert_eq!(topology.cluster_path(placement.clusters[1]), "nersc/perlmutter");
@@ -277,7 +280,9 @@ default_link: { latency_ms: 10 }
     #[test]
     fn replicas_spread_over_nodes() {
         let topology = topology();
-        let workflow = workflow("  stages:\n    Proc: {site: jlab, replicas: 2}\n    Reader: {site: nersc}\n    Writer: {site: nersc}\n");
+        let workflow = workflow(
+            "  stages:\n    Proc: {site: jlab, replicas: 2}\n    Reader: {site: nersc}\n    Writer: {site: nersc}\n",
+        );
         let placement = place_workflow(&topology, &workflow, &mut Capacity::of(&topology)).unwrap();
         let mut nodes = placement.nodes[1].clone();
         nodes.sort();

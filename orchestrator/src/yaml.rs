@@ -53,11 +53,11 @@ impl From<usize> for Segment {
     }
 }
 
-/// Builds a path from keys and indices: `path!["sites", 2, "name"]`.
+/// Builds a path (an array of segments) from keys and indices: `path!["sites", 2, "name"]`.
 #[macro_export]
 macro_rules! path {
     ($($segment:expr),* $(,)?) => {
-        vec![$($crate::yaml::Segment::from($segment)),*]
+        [$($crate::yaml::Segment::from($segment)),*]
     };
 }
 

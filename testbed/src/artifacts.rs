@@ -139,7 +139,8 @@ pub fn link_latest(output: &Path, run_id: &str) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_file(&temporary);
     std::os::unix::fs::symlink(run_id, &temporary)
         .with_context(|| format!("cannot create {}", temporary.display()))?;
-    std::fs::rename(&temporary, &link).with_context(|| format!("cannot replace {}", link.display()))?;
+    std::fs::rename(&temporary, &link)
+        .with_context(|| format!("cannot replace {}", link.display()))?;
     Ok(link)
 }
 
@@ -156,7 +157,8 @@ pub fn current_commit() -> String {
     };
     match run(&["rev-parse", "HEAD"]) {
         Some(commit) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
             if dirty { format!("{commit}-dirty") } else { commit }
         }
         None => "unknown".to_string(),

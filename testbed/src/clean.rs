@@ -48,7 +48,10 @@ pub fn leftover_processes() -> Vec<LeftoverProcess> {
 
 /// Kills the given processes with SIGKILL; returns how many were still there to kill.
 pub fn kill_processes(processes: &[LeftoverProcess]) -> usize {
-    processes.iter().filter(|process| kill(Pid::from_raw(process.pid), Signal::SIGKILL).is_ok()).count()
+    processes
+        .iter()
+        .filter(|process| kill(Pid::from_raw(process.pid), Signal::SIGKILL).is_ok())
+        .count()
 }
 
 fn process_exists(pid: i32) -> bool {

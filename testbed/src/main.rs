@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use testbed::run::{self, BackendKind, Inputs, RunConfig, RunError};
 
 #[derive(Parser)]
-#[command(name = "testbed", version, about = "Run mock ERSAP workflows across mock sites and check them")]
+#[command(
+    name = "testbed",
+    version,
+    about = "Run mock ERSAP workflows across mock sites and check them"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

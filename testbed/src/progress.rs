@@ -86,7 +86,8 @@ impl Phase {
     /// Ends the phase with a summary such as `8 instances in 0.4 s`.
     pub fn done(self, summary: String) {
         if self.terminal {
-            let style = ProgressStyle::with_template("{prefix:>10.green.bold} {msg}").expect("static template");
+            let style = ProgressStyle::with_template("{prefix:>10.green.bold} {msg}")
+                .expect("static template");
             self.bar.set_style(style);
             self.bar.finish_with_message(summary);
         } else if !self.quiet {
@@ -97,7 +98,8 @@ impl Phase {
     /// Ends the phase with an error mark; the caller prints the error itself.
     pub fn failed(self, summary: String) {
         if self.terminal {
-            let style = ProgressStyle::with_template("{prefix:>10.red.bold} {msg}").expect("static template");
+            let style = ProgressStyle::with_template("{prefix:>10.red.bold} {msg}")
+                .expect("static template");
             self.bar.set_style(style);
             self.bar.abandon_with_message(summary);
         } else if !self.quiet {

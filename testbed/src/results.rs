@@ -23,7 +23,8 @@ pub struct EventCounts {
 /// Counts received, lost and duplicated events from each sink replica's received ranges
 /// (sorted, disjoint, half-open) and its own duplicate counter.
 pub fn count_events(expected: u64, sent: u64, sinks: &[(Vec<[u64; 2]>, u64)]) -> EventCounts {
-    let mut all: Vec<[u64; 2]> = sinks.iter().flat_map(|(ranges, _)| ranges.iter().copied()).collect();
+    let mut all: Vec<[u64; 2]> =
+        sinks.iter().flat_map(|(ranges, _)| ranges.iter().copied()).collect();
     let per_replica_unique: u64 = all.iter().map(|[start, end]| end.saturating_sub(*start)).sum();
     let within_replica_duplicates: u64 = sinks.iter().map(|(_, duplicates)| duplicates).sum();
     all.sort_unstable();
@@ -41,7 +42,9 @@ pub fn count_events(expected: u64, sent: u64, sinks: &[(Vec<[u64; 2]>, u64)]) ->
             continue;
         }
         current = match current {
-            Some([open_start, open_end]) if start <= open_end => Some([open_start, open_end.max(end)]),
+            Some([open_start, open_end]) if start <= open_end => {
+                Some([open_start, open_end.max(end)])
+            }
             Some(open) => {
                 close(open);
                 Some([start, end])

@@ -133,7 +133,9 @@ pub async fn execute(
     let labels = RunLabels { run_id: run_id.to_string(), harness_pid: std::process::id() };
     let log_dir = run_dir.join("logs");
     let backend = match config.backend {
-        BackendKind::Process => Box::new(ProcessBackend::new(&config.mock_bin, labels, &token, &log_dir)),
+        BackendKind::Process => {
+            Box::new(ProcessBackend::new(&config.mock_bin, labels, &token, &log_dir))
+        }
     };
     let scenario = inputs.scenario.clone();
     let params = StreamParams {
@@ -141,8 +143,14 @@ pub async fn execute(
         event_size: scenario.stream.event_size,
         rate: scenario.stream.rate,
     };
-    let mut orchestrator =
-        Orchestrator::new(inputs.topology, inputs.workflow, backend, &token, params, Options::default());
+    let mut orchestrator = Orchestrator::new(
+        inputs.topology,
+        inputs.workflow,
+        backend,
+        &token,
+        params,
+        Options::default(),
+    );
 
     match orchestrator.plan() {
         Ok(_) => {}
@@ -151,12 +159,10 @@ pub async fn execute(
         }
         Err(OrchestratorError::Placement(error)) => {
             let file = config.workflow.clone();
-            return Err(RunError::Input(
-                InputError::new(&file, 0, error.to_string()).with_hint(
-                    "lower the stage's replicas or cores in the workflow's `testbed:` section, \
+            return Err(RunError::Input(InputError::new(&file, 0, error.to_string()).with_hint(
+                "lower the stage's replicas or cores in the workflow's `testbed:` section, \
                      or add nodes to the topology",
-                ),
-            ));
+            )));
         }
         Err(other) => return Err(RunError::Environment(other.to_string())),
     }
@@ -194,7 +200,11 @@ pub async fn execute(
         errors.push(format!("teardown: {error}"));
     }
     phases.teardown = teardown_start.elapsed().as_secs_f64();
-    teardown.done(format!("{} instances stopped in {:.1} s", orchestrator.instances().count(), phases.teardown));
+    teardown.done(format!(
+        "{} instances stopped in {:.1} s",
+        orchestrator.instances().count(),
+        phases.teardown
+    ));
     if interrupted {
         return Err(RunError::Interrupted);
     }
@@ -235,10 +245,8 @@ async fn drive(
         return Err(format!("provision: {error}"));
     }
     phases.provision = start.elapsed().as_secs_f64();
-    phase.done(format!(
-        "{cluster_count} clusters, {node_count} nodes in {:.1} s",
-        phases.provision
-    ));
+    phase
+        .done(format!("{cluster_count} clusters, {node_count} nodes in {:.1} s", phases.provision));
 
     let instance_total: u64 =
         orchestrator.workflow().stages().iter().map(|stage| u64::from(stage.replicas.get())).sum();
@@ -339,7 +347,12 @@ impl Recorder {
         Recorder { samples: Vec::new(), stage_count, duration: 0.0 }
     }
 
-    fn record(&mut self, orchestrator: &Orchestrator, stats: &BTreeMap<InstanceId, orchestrator::control::Stats>, t: f64) {
+    fn record(
+        &mut self,
+        orchestrator: &Orchestrator,
+        stats: &BTreeMap<InstanceId, orchestrator::control::Stats>,
+        t: f64,
+    ) {
         let previous = self.samples.last().map(|sample| sample.events.clone());
         let mut events = vec![0u64; self.stage_count];
         let mut replicas = vec![0u32; self.stage_count];
@@ -351,7 +364,11 @@ impl Recorder {
             }
             if let Some(stats) = stats.get(&record.spec.id) {
                 seen[stage] = true;
-                events[stage] += if record.spec.role == Role::Source { stats.events_out } else { stats.events_in };
+                events[stage] += if record.spec.role == Role::Source {
+                    stats.events_out
+                } else {
+                    stats.events_in
+                };
             }
         }
         // A stage whose instances have all drained is no longer polled: keep its last count.
@@ -375,7 +392,10 @@ fn summarize(
     config: &RunConfig,
     orchestrator: &Orchestrator,
     scenario: &Scenario,
-    final_stats: &BTreeMap<InstanceId, Result<orchestrator::control::Stats, orchestrator::client::ControlError>>,
+    final_stats: &BTreeMap<
+        InstanceId,
+        Result<orchestrator::control::Stats, orchestrator::client::ControlError>,
+    >,
     recorder: &Recorder,
     phases: Phases,
     mut errors: Vec<String>,
@@ -408,12 +428,17 @@ fn summarize(
         let (events_in, events_out) = stats_of(stage.id)
             .fold((0, 0), |(a, b), stats| (a + stats.events_in, b + stats.events_out));
         let handled = if stage.role == Role::Source { events_out } else { events_in };
-        let latency = results::merge_latency(stats_of(stage.id).map(|stats| stats.latency.histogram.as_slice()));
+        let latency = results::merge_latency(
+            stats_of(stage.id).map(|stats| stats.latency.histogram.as_slice()),
+        );
         let peak = timeline.iter().map(|row| row.throughput[stage.id.0]).fold(0.0, f64::max);
         let (cluster, nodes) = match orchestrator.placement() {
             Some(placement) => (
                 topology.cluster_path(placement.cluster_of(stage.id)),
-                placement.nodes[stage.id.0].iter().map(|node| topology.node(*node).name.clone()).collect(),
+                placement.nodes[stage.id.0]
+                    .iter()
+                    .map(|node| topology.node(*node).name.clone())
+                    .collect(),
             ),
             None => (String::new(), Vec::new()),
         };
@@ -506,15 +531,31 @@ fn write_artifacts(
     write_json(&run_dir.join("summary.json"), summary)?;
     let scenario = &summary.scenario;
     let mut benchmarks = vec![
-        Benchmark { name: format!("{scenario}/events_lost"), unit: "events".into(), value: summary.events.lost as f64 },
+        Benchmark {
+            name: format!("{scenario}/events_lost"),
+            unit: "events".into(),
+            value: summary.events.lost as f64,
+        },
         Benchmark {
             name: format!("{scenario}/events_duplicated"),
             unit: "events".into(),
             value: summary.events.duplicated as f64,
         },
-        Benchmark { name: format!("{scenario}/deploy_time"), unit: "s".into(), value: summary.phases_s.deploy },
-        Benchmark { name: format!("{scenario}/stream_time"), unit: "s".into(), value: summary.phases_s.stream },
-        Benchmark { name: format!("{scenario}/total_time"), unit: "s".into(), value: summary.phases_s.total },
+        Benchmark {
+            name: format!("{scenario}/deploy_time"),
+            unit: "s".into(),
+            value: summary.phases_s.deploy,
+        },
+        Benchmark {
+            name: format!("{scenario}/stream_time"),
+            unit: "s".into(),
+            value: summary.phases_s.stream,
+        },
+        Benchmark {
+            name: format!("{scenario}/total_time"),
+            unit: "s".into(),
+            value: summary.phases_s.total,
+        },
     ];
     if let Some(sink) = summary.stages.last() {
         benchmarks.push(Benchmark {
@@ -529,8 +570,13 @@ fn write_artifacts(
         });
     }
     write_json(&run_dir.join("benchmarks.json"), &benchmarks)?;
-    let names: Vec<String> = orchestrator.workflow().stages().iter().map(|stage| stage.name.clone()).collect();
-    artifacts::write_timeline(&run_dir.join("timeline.csv"), &names, &results::timeline(&recorder.samples))?;
+    let names: Vec<String> =
+        orchestrator.workflow().stages().iter().map(|stage| stage.name.clone()).collect();
+    artifacts::write_timeline(
+        &run_dir.join("timeline.csv"),
+        &names,
+        &results::timeline(&recorder.samples),
+    )?;
     artifacts::write_junit(&run_dir.join("junit.xml"), summary)?;
     if !reports.is_empty() {
         let folder = run_dir.join("reports");

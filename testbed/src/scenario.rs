@@ -86,7 +86,10 @@ impl Scenario {
         }
         if file.stream.event_size < 32 || file.stream.event_size > 64 * 1024 * 1024 {
             return Err(document
-                .error(&path!["stream", "event_size"], format!("event size {} bytes is out of range", file.stream.event_size))
+                .error(
+                    &path!["stream", "event_size"],
+                    format!("event size {} bytes is out of range", file.stream.event_size),
+                )
                 .with_hint("use 32 bytes to 64 MiB"));
         }
         if !file.stream.rate.is_finite() || file.stream.rate < 0.0 {

@@ -56,7 +56,14 @@ fn chains_and_configuration_are_read() {
     let names = workflow.stage_names();
     assert_eq!(
         names,
-        ["CustomReader", "ECReconstruction", "SeedFinder", "HeaderFilter", "FTOFReconstruction", "CustomWriter"]
+        [
+            "CustomReader",
+            "ECReconstruction",
+            "SeedFinder",
+            "HeaderFilter",
+            "FTOFReconstruction",
+            "CustomWriter"
+        ]
     );
     assert_eq!(workflow.monitoring.len(), 2);
     let ec = workflow.stage_by_name("ECReconstruction").unwrap();

@@ -85,7 +85,10 @@ fn invalid_inputs_exit_2_with_line_and_fix() {
     for (index, case) in CASES.iter().enumerate() {
         let file = folder.path().join(format!("case-{index}.yaml"));
         std::fs::write(&file, case.text).unwrap();
-        let output = testbed_run(&folder.path().join("out")).arg(format!("{}={}", case.flag, file.display())).output().unwrap();
+        let output = testbed_run(&folder.path().join("out"))
+            .arg(format!("{}={}", case.flag, file.display()))
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{}: {stderr}", case.description);
         let location = if case.line > 0 {
@@ -93,9 +96,17 @@ fn invalid_inputs_exit_2_with_line_and_fix() {
         } else {
             format!("{}:", file.display())
         };
-        assert!(stderr.contains(&location), "{}: expected `{location}` in:\n{stderr}", case.description);
+        assert!(
+            stderr.contains(&location),
+            "{}: expected `{location}` in:\n{stderr}",
+            case.description
+        );
         for fragment in case.fragments {
-            assert!(stderr.contains(fragment), "{}: expected `{fragment}` in:\n{stderr}", case.description);
+            assert!(
+                stderr.contains(fragment),
+                "{}: expected `{fragment}` in:\n{stderr}",
+                case.description
+            );
         }
     }
 }
@@ -104,7 +115,10 @@ fn invalid_inputs_exit_2_with_line_and_fix() {
 fn missing_file_exits_2_naming_it() {
     let folder = tempfile::tempdir().unwrap();
     let missing = Path::new("fixtures/no-such-topology.yaml");
-    let output = testbed_run(folder.path()).arg(format!("--topology={}", missing.display())).output().unwrap();
+    let output = testbed_run(folder.path())
+        .arg(format!("--topology={}", missing.display()))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no-such-topology.yaml"), "{stderr}");

@@ -113,7 +113,8 @@ fn instances_of(harness_pid: &str) -> usize {
             let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
             let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
             // A zombie has exited already; only its parent has not collected it yet.
-            let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            let zombie =
+                stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
             !zombie && environ.split(|b| *b == 0).any(|variable| variable == needle.as_bytes())
         })
         .count()

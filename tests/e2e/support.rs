@@ -6,7 +6,10 @@ use assert_cmd::Command;
 
 /// The project root, where the fixture paths are relative to.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testbed sits in the project root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testbed sits in the project root")
+        .to_path_buf()
 }
 
 /// `testbed run` from the project root, writing into `output`.
@@ -39,6 +42,7 @@ pub fn shared_folder(name: &str) -> Option<PathBuf> {
 /// Reads `<output>/latest/<file>` as JSON.
 pub fn latest_json(output: &Path, file: &str) -> serde_json::Value {
     let path = output.join("latest").join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }

@@ -8,8 +8,8 @@
 //! Options after the subcommand go to the harness unchanged. The exit code is the
 //! harness's: 0 passed, 1 an expectation failed, 2 invalid input or environment.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
@@ -76,7 +76,10 @@ fn harness(subcommand: &str, args: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the project root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the project root")
+        .to_path_buf()
 }
 
 fn target_dir(root: &Path) -> PathBuf {

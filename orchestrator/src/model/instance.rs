@@ -49,7 +49,9 @@ pub enum InstanceState {
     Draining,
     Drained,
     Stopped,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 /// A state change that the lifecycle does not allow.

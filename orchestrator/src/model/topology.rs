@@ -102,24 +102,35 @@ impl Topology {
             let site_path = path!["sites", site_index, "name"];
             check_name(document, &site_path, &site.name)?;
             if topology.sites.iter().any(|known| known.name == site.name) {
-                return Err(document.error(&site_path, format!("site `{}` is listed twice", site.name)));
+                return Err(
+                    document.error(&site_path, format!("site `{}` is listed twice", site.name))
+                );
             }
             let site_id = SiteId(topology.sites.len());
             let mut site_clusters = Vec::new();
             if site.clusters.is_empty() {
                 return Err(document
-                    .error(&path!["sites", site_index], format!("site `{}` has no clusters", site.name))
+                    .error(
+                        &path!["sites", site_index],
+                        format!("site `{}` has no clusters", site.name),
+                    )
                     .with_hint("add a `clusters:` list with at least one cluster"));
             }
             for (cluster_index, cluster) in site.clusters.iter().enumerate() {
-                let cluster_path = path!["sites", site_index, "clusters", cluster_index];
+                let cluster_path = path!["sites", site_index, "clusters", cluster_index].to_vec();
                 let mut name_path = cluster_path.clone();
                 name_path.push("name".into());
                 check_name(document, &name_path, &cluster.name)?;
-                if site_clusters.iter().any(|id: &ClusterId| topology.clusters[id.0].name == cluster.name) {
+                if site_clusters
+                    .iter()
+                    .any(|id: &ClusterId| topology.clusters[id.0].name == cluster.name)
+                {
                     return Err(document.error(
                         &name_path,
-                        format!("cluster `{}` is listed twice in site `{}`", cluster.name, site.name),
+                        format!(
+                            "cluster `{}` is listed twice in site `{}`",
+                            cluster.name, site.name
+                        ),
                     ));
                 }
                 let cluster_id = ClusterId(topology.clusters.len());
@@ -138,7 +149,9 @@ impl Topology {
                     if !node_names.insert(node.name.clone()) {
                         return Err(document
                             .error(&node_name_path, format!("node `{}` is listed twice", node.name))
-                            .with_hint("node names are host names and must be unique in the topology"));
+                            .with_hint(
+                                "node names are host names and must be unique in the topology",
+                            ));
                     }
                     let Some(cores) = NonZeroU32::new(node.cores) else {
                         let mut cores_path = node_path.clone();
@@ -166,7 +179,11 @@ impl Topology {
                 });
                 site_clusters.push(cluster_id);
             }
-            topology.sites.push(Site { id: site_id, name: site.name.clone(), clusters: site_clusters });
+            topology.sites.push(Site {
+                id: site_id,
+                name: site.name.clone(),
+                clusters: site_clusters,
+            });
         }
 
         let site_count = topology.sites.len();
@@ -184,13 +201,19 @@ impl Topology {
                     None => {
                         return Err(document
                             .error(&end_path, format!("unknown site `{site_name}` in link"))
-                            .with_hint(format!("known sites: {}", topology.site_names().join(", "))));
+                            .with_hint(format!(
+                                "known sites: {}",
+                                topology.site_names().join(", ")
+                            )));
                     }
                 }
             }
             if ends.len() != 2 || ends[0] == ends[1] {
                 return Err(document
-                    .error(&path!["links", link_index, "between"], "a link joins two different sites")
+                    .error(
+                        &path!["links", link_index, "between"],
+                        "a link joins two different sites",
+                    )
                     .with_hint("write `between: [site-a, site-b]`"));
             }
             let (a, b) = (ends[0].0, ends[1].0);
@@ -302,7 +325,11 @@ impl Topology {
 }
 
 /// Names become host names, container names and Docker network names.
-fn check_name(document: &Document, at: &[crate::yaml::Segment], name: &str) -> Result<(), InputError> {
+fn check_name(
+    document: &Document,
+    at: &[crate::yaml::Segment],
+    name: &str,
+) -> Result<(), InputError> {
     let valid = !name.is_empty()
         && name.len() <= 40
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -393,4 +420,3 @@ impl LinkSpec {
         }
     }
 }
-

@@ -183,20 +183,27 @@ impl Workflow {
             match &node.value {
                 NodeValue::Seq(_) => {
                     for (at, item) in list_items(document, node, &path!["services"])? {
-                        services.push((Role::Processor, read_service(document, item, &at, &defaults)?));
+                        services
+                            .push((Role::Processor, read_service(document, item, &at, &defaults)?));
                     }
                 }
                 NodeValue::Map(entries) => {
                     for (key, _) in entries {
                         if key != "data-processing" && key != "monitoring" {
                             return Err(document
-                                .error(&path!["services", key.as_str()], format!("unknown service group `{key}`"))
+                                .error(
+                                    &path!["services", key.as_str()],
+                                    format!("unknown service group `{key}`"),
+                                )
                                 .with_hint("valid groups: data-processing, monitoring"));
                         }
                     }
                     if let Some(chain) = chain_of(document, node, "data-processing")? {
                         for (at, item) in chain {
-                            services.push((Role::Processor, read_service(document, item, &at, &defaults)?));
+                            services.push((
+                                Role::Processor,
+                                read_service(document, item, &at, &defaults)?,
+                            ));
                         }
                     }
                     if let Some(chain) = chain_of(document, node, "monitoring")? {
@@ -213,7 +220,10 @@ impl Workflow {
                 NodeValue::Null => {}
                 _ => {
                     return Err(document
-                        .error(&path!["services"], "`services` must be a list or a mapping of chains")
+                        .error(
+                            &path!["services"],
+                            "`services` must be a list or a mapping of chains",
+                        )
                         .with_hint("write a list of `- class: ...` / `name: ...` entries"));
                 }
             }
@@ -424,11 +434,14 @@ fn scalar_text(document: &Document, node: &Node, at: &[Segment]) -> Result<Strin
     }
 }
 
+/// A node and its path in the document.
+type LocatedNode<'a> = (Vec<Segment>, &'a Node);
+
 fn list_items<'a>(
     document: &Document,
     node: &'a Node,
     at: &[Segment],
-) -> Result<Vec<(Vec<Segment>, &'a Node)>, InputError> {
+) -> Result<Vec<LocatedNode<'a>>, InputError> {
     match &node.value {
         NodeValue::Seq(items) => Ok(items
             .iter()
@@ -450,7 +463,7 @@ fn chain_of<'a>(
     document: &Document,
     services: &'a Node,
     group: &str,
-) -> Result<Option<Vec<(Vec<Segment>, &'a Node)>>, InputError> {
+) -> Result<Option<Vec<LocatedNode<'a>>>, InputError> {
     let Some(node) = services.get(group) else { return Ok(None) };
     let Some(chain) = node.get("chain") else {
         return Err(document
@@ -470,20 +483,24 @@ struct Configuration {
 
 impl Configuration {
     fn read(document: &Document) -> Result<Configuration, InputError> {
-        let section = |at: Vec<Segment>| -> Result<serde_json::Map<String, serde_json::Value>, InputError> {
-            match document.node(&at).map(Node::to_json) {
-                None | Some(serde_json::Value::Null) => Ok(serde_json::Map::new()),
-                Some(serde_json::Value::Object(map)) => Ok(map),
-                Some(_) => Err(document
-                    .error(&at, format!("`{}` must be a mapping", crate::yaml::display_path(&at)))
-                    .with_hint("write `key: value` entries under it")),
-            }
-        };
+        let section =
+            |at: &[Segment]| -> Result<serde_json::Map<String, serde_json::Value>, InputError> {
+                match document.node(at).map(Node::to_json) {
+                    None | Some(serde_json::Value::Null) => Ok(serde_json::Map::new()),
+                    Some(serde_json::Value::Object(map)) => Ok(map),
+                    Some(_) => Err(document
+                        .error(
+                            at,
+                            format!("`{}` must be a mapping", crate::yaml::display_path(at)),
+                        )
+                        .with_hint("write `key: value` entries under it")),
+                }
+            };
         Ok(Configuration {
-            global: section(path!["configuration", "global"])?,
-            reader: section(path!["configuration", "io-services", "reader"])?,
-            writer: section(path!["configuration", "io-services", "writer"])?,
-            services: section(path!["configuration", "services"])?,
+            global: section(&path!["configuration", "global"])?,
+            reader: section(&path!["configuration", "io-services", "reader"])?,
+            writer: section(&path!["configuration", "io-services", "writer"])?,
+            services: section(&path!["configuration", "services"])?,
         })
     }
 
@@ -534,15 +551,18 @@ impl TestbedSection {
             if !stages.iter().any(|stage| &stage.name == name) {
                 let known: Vec<&str> = stages.iter().map(|stage| stage.name.as_str()).collect();
                 return Err(document
-                    .error(&path!["testbed", "stages", name.as_str()], format!("unknown stage `{name}`"))
+                    .error(
+                        &path!["testbed", "stages", name.as_str()],
+                        format!("unknown stage `{name}`"),
+                    )
                     .with_hint(format!("known stages: {}", known.join(", "))));
             }
         }
         for stage in stages.iter_mut() {
             let own = self.stages.get(&stage.name);
             let at = match own {
-                Some(_) => path!["testbed", "stages", stage.name.as_str()],
-                None => path!["testbed", "defaults"],
+                Some(_) => path!["testbed", "stages", stage.name.as_str()].to_vec(),
+                None => path!["testbed", "defaults"].to_vec(),
             };
             let pick = |get: &dyn Fn(&StageSettings) -> Option<u32>| -> Option<u32> {
                 own.and_then(get).or_else(|| get(&self.defaults))
@@ -558,7 +578,8 @@ impl TestbedSection {
                 }),
             };
             let replicas = positive(pick(&|s| s.replicas), "replicas", NonZeroU32::MIN)?;
-            let min_replicas = positive(pick(&|s| s.min_replicas), "min_replicas", NonZeroU32::MIN)?;
+            let min_replicas =
+                positive(pick(&|s| s.min_replicas), "min_replicas", NonZeroU32::MIN)?;
             let max_default = replicas.max(NonZeroU32::new(16).expect("16 is not 0"));
             let max_replicas = positive(pick(&|s| s.max_replicas), "max_replicas", max_default)?;
             if min_replicas > replicas || replicas > max_replicas {
@@ -582,7 +603,10 @@ impl TestbedSection {
                     let mut key_at = at.clone();
                     key_at.push("cost_ns_per_byte".into());
                     return Err(document
-                        .error(&key_at, format!("invalid cost {cost} ns/byte for stage `{}`", stage.name))
+                        .error(
+                            &key_at,
+                            format!("invalid cost {cost} ns/byte for stage `{}`", stage.name),
+                        )
                         .with_hint("use a number of nanoseconds per byte, 0 or more"));
                 }
                 stage.cost.ns_per_byte = cost;

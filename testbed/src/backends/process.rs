@@ -110,7 +110,10 @@ impl Backend for ProcessBackend {
         Ok(())
     }
 
-    async fn start_instance(&mut self, spec: &InstanceSpec) -> Result<InstanceEndpoints, BackendError> {
+    async fn start_instance(
+        &mut self,
+        spec: &InstanceSpec,
+    ) -> Result<InstanceEndpoints, BackendError> {
         let name = spec.name();
         let start_error = |reason: String| BackendError::Start {
             instance: name.clone(),
@@ -118,8 +121,9 @@ impl Backend for ProcessBackend {
             reason,
         };
         let log_path = self.log_dir.join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path)
-            .map_err(|error| start_error(format!("cannot create {}: {error}", log_path.display())))?;
+        let log = std::fs::File::create(&log_path).map_err(|error| {
+            start_error(format!("cannot create {}: {error}", log_path.display()))
+        })?;
         let mut command = Command::new(&self.mock_bin);
         command
             .args(instance_args(spec, &self.labels, "127.0.0.1"))

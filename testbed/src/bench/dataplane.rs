@@ -93,7 +93,8 @@ pub fn measure_loopback(duration: Duration) -> anyhow::Result<f64> {
         }
     });
 
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("failed to connect to {addr}"))?;
+    let mut stream =
+        TcpStream::connect(addr).with_context(|| format!("failed to connect to {addr}"))?;
     let buf = vec![0x5au8; WRITE_BYTES];
     let started = Instant::now();
     while started.elapsed() < duration {
@@ -136,7 +137,8 @@ async fn run_chain(mock_bin: &Path, events: u64, event_size: u32) -> anyhow::Res
     control.post(&processor, "/drain", Some(&drain)).await?;
     control.post(&sink, "/drain", Some(&drain)).await?;
     // Allow well over the time a slow machine needs: 10 MB/s plus a fixed margin.
-    let deadline = Duration::from_secs(30) + Duration::from_secs(events * u64::from(event_size) / 10_000_000);
+    let deadline =
+        Duration::from_secs(30) + Duration::from_secs(events * u64::from(event_size) / 10_000_000);
     loop {
         let health: Health = control.get(&sink, "/health").await?;
         if health.phase == Phase::Drained {
@@ -251,10 +253,17 @@ impl Control<'_> {
         self.send(mock, &format!("POST {path}"), request).await.map(drop)
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, mock: &Mock, path: &str) -> anyhow::Result<T> {
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        mock: &Mock,
+        path: &str,
+    ) -> anyhow::Result<T> {
         let request = self.client.get(mock.url(path));
         let response = self.send(mock, &format!("GET {path}"), request).await?;
-        response.json().await.with_context(|| format!("invalid reply to GET {path} from the {}", mock.role))
+        response
+            .json()
+            .await
+            .with_context(|| format!("invalid reply to GET {path} from the {}", mock.role))
     }
 
     async fn send(

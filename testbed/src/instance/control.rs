@@ -40,10 +40,8 @@ pub(crate) fn spawn(
 ) -> Result<JoinHandle<Result<(), InstanceError>>, InstanceError> {
     let start_error = |source| InstanceError::Start { what: "control server", source };
     listener.set_nonblocking(true).map_err(start_error)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(start_error)?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(start_error)?;
     thread::Builder::new()
         .name("control".to_owned())
         .spawn(move || {
@@ -115,7 +113,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn require_token(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -218,10 +220,9 @@ async fn targets(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let addrs: Vec<String> = targets.targets.iter().map(|t| t.addr.clone()).collect();
     let loopback_only = shared.args.is_process_mode();
     let worker = Arc::clone(&shared);
-    let replaced = tokio::task::spawn_blocking(move || {
-        worker.router.replace(&targets.targets, loopback_only)
-    })
-    .await;
+    let replaced =
+        tokio::task::spawn_blocking(move || worker.router.replace(&targets.targets, loopback_only))
+            .await;
     match replaced {
         Ok(Ok(())) => {
             info!(targets = ?addrs, "targets replaced");

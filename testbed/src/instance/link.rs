@@ -320,7 +320,10 @@ struct LinkWriter {
 enum Closing {
     Open,
     /// Close after the queue is written, with an end frame if `send_end`.
-    Requested { send_end: bool, sent_at: Instant },
+    Requested {
+        send_end: bool,
+        sent_at: Instant,
+    },
     /// Every sender is gone; close without an end frame.
     Abandoned,
 }
@@ -358,7 +361,9 @@ impl LinkWriter {
             if self.queue.is_empty() {
                 match closing {
                     Closing::Open => {}
-                    Closing::Requested { send_end, sent_at } => return self.finish(send_end, sent_at),
+                    Closing::Requested { send_end, sent_at } => {
+                        return self.finish(send_end, sent_at);
+                    }
                     Closing::Abandoned => return self.finish(false, Instant::now()),
                 }
             }
@@ -554,7 +559,13 @@ mod tests {
             push_data_frame(&mut data, seq, unix_now_ns(), &[0xab; 100]);
         }
         let events = seqs.end - seqs.start;
-        Batch { len: data.len(), data, events, payload_bytes: events * 100, sent_at: Instant::now() }
+        Batch {
+            len: data.len(),
+            data,
+            events,
+            payload_bytes: events * 100,
+            sent_at: Instant::now(),
+        }
     }
 
     /// Reads a whole connection and returns each data frame's sequence number with the delay

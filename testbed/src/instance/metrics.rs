@@ -144,10 +144,14 @@ mod tests {
         let service = "dpe=\"127.0.0.1%7000_java\",container=\"127.0.0.1%7000_java:user\",\
                        service=\"127.0.0.1%7000_java:user:Reco\"";
         assert!(text.contains(&format!("ersap_service_requests_total{{{service}}} 12\n")));
-        assert!(text.contains(&format!(
-            "ersap_service_execution_time_seconds_total{{{service}}} 0.25\n"
-        )));
-        assert!(text.contains("ersap_dpe_memory_usage_bytes{dpe=\"127.0.0.1%7000_java\"} 1048576\n"));
+        assert!(
+            text.contains(&format!(
+                "ersap_service_execution_time_seconds_total{{{service}}} 0.25\n"
+            ))
+        );
+        assert!(
+            text.contains("ersap_dpe_memory_usage_bytes{dpe=\"127.0.0.1%7000_java\"} 1048576\n")
+        );
     }
 
     #[test]

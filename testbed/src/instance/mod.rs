@@ -61,9 +61,7 @@ pub const TOKEN_ENV: &str = "TESTBED_TOKEN";
 /// Failure to start or run an instance.
 #[derive(Debug, Error)]
 pub enum InstanceError {
-    #[error(
-        "missing control token: set the environment variable {TOKEN_ENV} to the run's token"
-    )]
+    #[error("missing control token: set the environment variable {TOKEN_ENV} to the run's token")]
     MissingToken,
     #[error("invalid {name} {value:?}: {reason}")]
     InvalidArgument { name: &'static str, value: String, reason: String },

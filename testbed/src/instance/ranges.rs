@@ -85,10 +85,10 @@ impl SeqSet {
     /// Sets bits `[lo, hi)` of one chunk (offsets within the chunk) and returns how many
     /// were clear before.
     fn insert_in_chunk(&mut self, index: u64, lo: u64, hi: u64) -> u64 {
-        let chunk = self.chunks.entry(index).or_insert_with(|| Chunk::Partial {
-            words: Box::new([0; WORDS_PER_CHUNK]),
-            ones: 0,
-        });
+        let chunk = self
+            .chunks
+            .entry(index)
+            .or_insert_with(|| Chunk::Partial { words: Box::new([0; WORDS_PER_CHUNK]), ones: 0 });
         let Chunk::Partial { words, ones } = chunk else {
             return 0;
         };

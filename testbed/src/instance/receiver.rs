@@ -42,7 +42,11 @@ pub(crate) fn spawn_acceptor(
     spawned.map(drop).map_err(|source| InstanceError::Start { what: "acceptor thread", source })
 }
 
-fn accept_connections(shared: &Arc<Shared>, listener: &TcpListener, work_tx: Option<Sender<Batch>>) {
+fn accept_connections(
+    shared: &Arc<Shared>,
+    listener: &TcpListener,
+    work_tx: Option<Sender<Batch>>,
+) {
     for (index, stream) in listener.incoming().enumerate() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -63,12 +67,10 @@ fn accept_connections(shared: &Arc<Shared>, listener: &TcpListener, work_tx: Opt
             peer,
             runs: Vec::new(),
         };
-        let spawned = thread::Builder::new()
-            .name(format!("reader-{index}"))
-            .spawn(move || {
-                let _entered = reader.shared.span.clone().entered();
-                reader.run(stream);
-            });
+        let spawned = thread::Builder::new().name(format!("reader-{index}")).spawn(move || {
+            let _entered = reader.shared.span.clone().entered();
+            reader.run(stream);
+        });
         if let Err(err) = spawned {
             error!(?peer, error = %err, "failed to start a reader thread; connection dropped");
         }

@@ -214,7 +214,12 @@ fn describe(shared: &Shared) -> String {
     let mut text = format!(
         "mock {} of stage {} (replica {}) at site {}, cluster {}, node {}; \
          report period {} s",
-        shared.role, args.stage, args.replica, args.site, args.cluster, args.node,
+        shared.role,
+        args.stage,
+        args.replica,
+        args.site,
+        args.cluster,
+        args.node,
         args.report_period_s,
     );
     if let Some(config) = &shared.config {

@@ -49,8 +49,8 @@ fn emit(shared: &Shared) {
     let fit = (BATCH_BYTES / frame_len).max(1) as u64;
     let max_events = MAX_BATCH_EVENTS.min(fit);
     // Aim for at least eight batches per target, so short runs still reach every target.
-    let batch_events = (args.events / (8 * shared.router.live_links().max(1) as u64))
-        .clamp(1, max_events);
+    let batch_events =
+        (args.events / (8 * shared.router.live_links().max(1) as u64)).clamp(1, max_events);
     let buffer_len = frame_len * max_events as usize;
 
     let started = Instant::now();

@@ -1,7 +1,7 @@
 //! Counters, phase and latency histogram of one instance, shared by all its threads.
 
-use std::sync::{Mutex, MutexGuard};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;

@@ -215,7 +215,9 @@ async fn loopback_instance_rejects_remote_targets() {
     let source = start("source", &["--events", "1"]);
     let http = reqwest::Client::new();
     for addr in ["10.1.1.10:7771", "farm-node-12:7000", "not-an-address"] {
-        let targets = Targets { targets: vec![Target { addr: addr.to_owned(), latency_us: 0, bandwidth_bps: 0 }] };
+        let targets = Targets {
+            targets: vec![Target { addr: addr.to_owned(), latency_us: 0, bandwidth_bps: 0 }],
+        };
         let response = http
             .put(Client::url(&source, "/targets"))
             .bearer_auth(TOKEN)
