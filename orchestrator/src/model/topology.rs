@@ -420,3 +420,68 @@ impl LinkSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Topology, InputError> {
+        Topology::from_document(&Document::parse(Path::new("t.yaml"), text)?)
+    }
+
+    const TWO_SITES: &str = "name: t\nsites:\n  - name: a\n    clusters:\n      - name: c1\n        nodes: [{name: n1, cores: 2}, {name: n2, cores: 4}]\n  - name: b\n    clusters:\n      - name: c2\n        nodes: [{name: n3, cores: 8}]\n";
+
+    #[test]
+    fn links_are_symmetric() {
+        let text = format!(
+            "{TWO_SITES}links:\n  - {{between: [a, b], latency_ms: 12.5, bandwidth_mbps: 100}}\n"
+        );
+        let topology = load(&text).unwrap();
+        let (a, b) = (SiteId(0), SiteId(1));
+        assert_eq!(topology.link(a, b), topology.link(b, a));
+        assert_eq!(topology.link(a, b).latency, Duration::from_micros(12_500));
+        assert_eq!(topology.link(a, b).bandwidth_bps, 100_000_000);
+        assert_eq!(topology.link(a, a), Link::UNLIMITED);
+        assert_eq!(topology.cluster_cores(ClusterId(0)), 6);
+    }
+
+    #[test]
+    fn missing_link_names_both_sites() {
+        let error = load(TWO_SITES).unwrap_err();
+        assert!(error.message.contains("between sites `a` and `b`"), "{}", error.message);
+        assert!(error.hint.unwrap().contains("default_link"));
+    }
+
+    #[test]
+    fn duplicate_node_name_rejected() {
+        let text = TWO_SITES.replace("n3", "n1");
+        let error = load(&format!("{text}default_link: {{}}\n")).unwrap_err();
+        assert_eq!(error.line, 10);
+        assert!(error.message.contains("listed twice"), "{}", error.message);
+    }
+
+    #[test]
+    fn zero_cores_rejected() {
+        let text = TWO_SITES.replace("cores: 8", "cores: 0");
+        let error = load(&format!("{text}default_link: {{}}\n")).unwrap_err();
+        assert_eq!(error.line, 10);
+        assert!(error.message.contains("0 cores"), "{}", error.message);
+    }
+
+    #[test]
+    fn invalid_site_name_rejected() {
+        let text = TWO_SITES.replace("name: b", "name: Site_B");
+        let error = load(&format!("{text}default_link: {{}}\n")).unwrap_err();
+        assert_eq!(error.line, 7);
+        assert!(error.message.contains("invalid name `Site_B`"), "{}", error.message);
+    }
+
+    #[test]
+    fn clusters_found_by_path_or_unique_name() {
+        let topology = load(&format!("{TWO_SITES}default_link: {{latency_ms: 5}}\n")).unwrap();
+        assert_eq!(topology.cluster_by_name("b/c2").unwrap().id, ClusterId(1));
+        assert_eq!(topology.cluster_by_name("c1").unwrap().id, ClusterId(0));
+        assert!(topology.cluster_by_name("a/c2").is_none());
+        assert_eq!(topology.node_by_name("n3").unwrap().site, SiteId(1));
+    }
+}

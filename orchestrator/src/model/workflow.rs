@@ -489,10 +489,7 @@ impl Configuration {
                     None | Some(serde_json::Value::Null) => Ok(serde_json::Map::new()),
                     Some(serde_json::Value::Object(map)) => Ok(map),
                     Some(_) => Err(document
-                        .error(
-                            at,
-                            format!("`{}` must be a mapping", crate::yaml::display_path(at)),
-                        )
+                        .error(at, format!("`{}` must be a mapping", crate::yaml::display_path(at)))
                         .with_hint("write `key: value` entries under it")),
                 }
             };
@@ -623,5 +620,96 @@ impl TestbedSection {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn load(text: &str) -> Result<Workflow, InputError> {
+        Workflow::from_document(&Document::parse(Path::new("w.yaml"), text)?)
+    }
+
+    const MINIMAL: &str =
+        "io-services:\n  reader: {class: R, name: Reader}\n  writer: {class: W, name: Writer}\n";
+
+    #[test]
+    fn minimal_file_has_source_and_sink() {
+        let workflow = load(MINIMAL).unwrap();
+        assert_eq!(workflow.stage_names(), ["Reader", "Writer"]);
+        assert_eq!(workflow.source().role, Role::Source);
+        assert_eq!(workflow.sink().role, Role::Sink);
+        assert_eq!(workflow.source().cost.ns_per_byte, DEFAULT_COST_NS_PER_BYTE);
+    }
+
+    #[test]
+    fn repeated_service_key_keeps_last_value() {
+        let text =
+            format!("{MINIMAL}services:\n  - class: First\n    name: Proc\n    class: Second\n");
+        let workflow = load(&text).unwrap();
+        assert_eq!(workflow.stage_by_name("Proc").unwrap().class, "Second");
+    }
+
+    #[test]
+    fn duplicate_engine_name_names_both_lines() {
+        let text = format!("{MINIMAL}services:\n  - {{class: A, name: Reader}}\n");
+        let error = load(&text).unwrap_err();
+        assert_eq!(error.line, 5);
+        assert!(error.message.contains("used twice"), "{}", error.message);
+        assert!(error.hint.unwrap().contains("line 2"));
+    }
+
+    #[test]
+    fn invalid_engine_name_rejected() {
+        let text = format!("{MINIMAL}services:\n  - {{class: A, name: \"bad name\"}}\n");
+        let error = load(&text).unwrap_err();
+        assert_eq!(error.line, 5);
+        assert!(error.message.contains("invalid engine name"), "{}", error.message);
+    }
+
+    #[test]
+    fn unknown_language_lists_valid_ones() {
+        let text = format!("{MINIMAL}lang: rust\n");
+        let error = load(&text).unwrap_err();
+        assert_eq!(error.line, 4);
+        assert_eq!(error.hint.as_deref(), Some("valid languages: java, cpp, python"));
+    }
+
+    #[test]
+    fn top_level_defaults_apply_to_services() {
+        let text = format!(
+            "{MINIMAL}container: box\nlang: cpp\nservices:\n  - {{class: A, name: Proc}}\n"
+        );
+        let workflow = load(&text).unwrap();
+        let stage = workflow.stage_by_name("Proc").unwrap();
+        assert_eq!(stage.container, "box");
+        assert_eq!(stage.lang, Lang::Cpp);
+    }
+
+    #[test]
+    fn replicas_outside_bounds_rejected() {
+        let text =
+            format!("{MINIMAL}testbed:\n  stages:\n    Reader: {{replicas: 5, max_replicas: 2}}\n");
+        let error = load(&text).unwrap_err();
+        assert_eq!(error.line, 6);
+        assert!(error.message.contains("outside its bounds"), "{}", error.message);
+    }
+
+    #[test]
+    fn testbed_section_sets_cost_and_site() {
+        let text = format!(
+            "{MINIMAL}testbed:\n  defaults: {{cost_ns_per_byte: 3}}\n  stages:\n    Writer: {{site: jlab, mode: sleep, threads: 4, output_size: 10}}\n"
+        );
+        let workflow = load(&text).unwrap();
+        assert_eq!(workflow.source().cost.ns_per_byte, 3.0);
+        let writer = workflow.sink();
+        assert_eq!(writer.site.as_deref(), Some("jlab"));
+        assert_eq!(writer.cost.mode, CostMode::Sleep);
+        assert_eq!(writer.cost.threads.get(), 4);
+        assert_eq!(writer.cost.output_size, Some(10));
+        assert_eq!(writer.site_origin.as_ref().unwrap().line, 7);
     }
 }
