@@ -2,11 +2,13 @@
 //! local processes, containers, Slurm jobs or a simulation.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::client::InstanceControl;
 use crate::control::Role;
-use crate::model::{Cost, InstanceId, Lang, NodeId, Topology};
+use crate::model::{ClusterId, Cost, InstanceId, Lang, NodeId, Topology};
 
 /// Everything a backend needs to start one mock ERSAP instance.
 #[derive(Debug, Clone)]
@@ -67,6 +69,38 @@ pub enum BackendError {
     Unsupported { fault: String, backend: String },
 }
 
+/// A fault the harness injects through the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL one instance.
+    KillInstance(InstanceId),
+    /// Kill a node and every instance on it.
+    KillNode(NodeId),
+    /// Freeze a node: its instances stop running and answering until it is resumed.
+    PauseNode(NodeId),
+    ResumeNode(NodeId),
+    /// Cut a cluster off from the other sites and from the orchestrator.
+    Partition(ClusterId),
+    /// Undo a partition.
+    Heal(ClusterId),
+    /// Lose a whole cluster for good.
+    LoseCluster(ClusterId),
+}
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::KillInstance(_) => "kill_instance",
+            Fault::KillNode(_) => "kill_node",
+            Fault::PauseNode(_) => "pause_node",
+            Fault::ResumeNode(_) => "resume_node",
+            Fault::Partition(_) => "partition",
+            Fault::Heal(_) => "heal",
+            Fault::LoseCluster(_) => "lose_cluster",
+        }
+    }
+}
+
 /// A backend: provisions the topology, starts and stops instances, and removes everything
 /// it created in [`Backend::teardown`], which must be safe to call more than once.
 #[async_trait]
@@ -94,4 +128,19 @@ pub trait Backend: Send {
 
     /// Folder with one log file per instance, once the instances have stopped.
     fn log_dir(&self) -> Option<PathBuf>;
+
+    /// Whether a node can run instances; false after it was killed, lost or cut off.
+    async fn node_alive(&mut self, _node: NodeId) -> bool {
+        true
+    }
+
+    /// Injects a fault; backends that cannot emulate one return [`BackendError::Unsupported`].
+    async fn inject(&mut self, fault: Fault) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported { fault: fault.kind().to_string(), backend: self.kind().to_string() })
+    }
+
+    /// The control channel to instances; `None` means HTTP with the run's token.
+    fn control(&self) -> Option<Arc<dyn InstanceControl>> {
+        None
+    }
 }

@@ -20,6 +20,45 @@ pub struct ControlError {
     pub unreachable: bool,
 }
 
+/// Operations on a running instance, whatever carries them: HTTP for real processes and
+/// containers, function calls for simulated instances. `endpoint` is the instance's
+/// `control_url`.
+#[async_trait::async_trait]
+pub trait InstanceControl: Send + Sync {
+    async fn health(&self, instance: &str, endpoint: &str) -> Result<Health, ControlError>;
+    async fn stats(&self, instance: &str, endpoint: &str, ranges: bool) -> Result<Stats, ControlError>;
+    async fn report(&self, instance: &str, endpoint: &str) -> Result<serde_json::Value, ControlError>;
+    async fn set_targets(&self, instance: &str, endpoint: &str, targets: &Targets) -> Result<(), ControlError>;
+    async fn start(&self, instance: &str, endpoint: &str) -> Result<(), ControlError>;
+    async fn drain(&self, instance: &str, endpoint: &str, drain: &Drain) -> Result<(), ControlError>;
+    async fn stop(&self, instance: &str, endpoint: &str) -> Result<(), ControlError>;
+}
+
+#[async_trait::async_trait]
+impl InstanceControl for ControlClient {
+    async fn health(&self, instance: &str, endpoint: &str) -> Result<Health, ControlError> {
+        ControlClient::health(self, instance, endpoint).await
+    }
+    async fn stats(&self, instance: &str, endpoint: &str, ranges: bool) -> Result<Stats, ControlError> {
+        ControlClient::stats(self, instance, endpoint, ranges).await
+    }
+    async fn report(&self, instance: &str, endpoint: &str) -> Result<serde_json::Value, ControlError> {
+        ControlClient::report(self, instance, endpoint).await
+    }
+    async fn set_targets(&self, instance: &str, endpoint: &str, targets: &Targets) -> Result<(), ControlError> {
+        ControlClient::set_targets(self, instance, endpoint, targets).await
+    }
+    async fn start(&self, instance: &str, endpoint: &str) -> Result<(), ControlError> {
+        ControlClient::start(self, instance, endpoint).await
+    }
+    async fn drain(&self, instance: &str, endpoint: &str, drain: &Drain) -> Result<(), ControlError> {
+        ControlClient::drain(self, instance, endpoint, drain).await
+    }
+    async fn stop(&self, instance: &str, endpoint: &str) -> Result<(), ControlError> {
+        ControlClient::stop(self, instance, endpoint).await
+    }
+}
+
 /// Control client shared by every instance of a run; it adds the run's token to each request.
 #[derive(Clone)]
 pub struct ControlClient {

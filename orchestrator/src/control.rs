@@ -101,6 +101,10 @@ pub struct Stats {
     /// Summed processing time of all events, in microseconds (ERSAP's `exec_time`).
     pub exec_time_us: u64,
     pub failures: u64,
+    /// Events sent again to a new or remaining downstream replica because the replica they
+    /// went to first was lost or removed before it acknowledged them.
+    #[serde(default)]
+    pub replayed: u64,
     pub latency: LatencySummary,
     /// Sequence numbers a sink has received, as sorted, disjoint, half-open `[start, end)`
     /// ranges. Only present with `?ranges=true` on a sink.

@@ -6,13 +6,16 @@
 //!   node), with capacity in cores.
 //! - [`orchestrator`]: deploys a placed workflow through a [`backend::Backend`], links the
 //!   stages, watches the instances and drains the stream.
-//! - [`backend`]: the trait every backend implements.
+//! - [`backend`]: the trait every backend implements, and the faults it can inject.
+//! - [`detector`]: failure detection from heartbeats; [`autoscale`]: DS2-style replica counts.
 //! - [`control`] and [`client`]: the control protocol of mock instances and its HTTP client.
 //! - [`yaml`] and [`error`]: line-aware YAML loading and input errors that name the line.
 
+pub mod autoscale;
 pub mod backend;
 pub mod client;
 pub mod control;
+pub mod detector;
 pub mod error;
 pub mod model;
 pub mod orchestrator;

@@ -11,17 +11,23 @@
 //! counters of every live instance, detects instances that ended, and moves the drain forward
 //! one stage at a time once the sources have emitted every event.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::backend::{Backend, BackendError, InstanceEndpoints, InstanceSpec};
-use crate::client::{ControlClient, ControlError};
+use crate::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
+use crate::client::{ControlClient, ControlError, InstanceControl};
 use crate::control::{Drain, Phase, Role, Stats, Target, Targets};
-use crate::model::{InstanceId, InstanceState, StageId, Topology, Workflow};
-use crate::placement::{Capacity, Placement, PlacementError, place_workflow};
+use crate::detector::FailureDetector;
+use crate::model::{ClusterId, InstanceId, InstanceState, NodeId, StageId, Topology, Workflow};
+use crate::placement::{
+    Capacity, Placement, PlacementError, choose_cluster, place_replicas, place_workflow,
+};
 
 /// What the source stage emits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,18 +40,27 @@ pub struct StreamParams {
     pub rate: f64,
 }
 
-/// Timeouts and intervals of the orchestrator.
+/// Timeouts, intervals and policies of the orchestrator.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// How long an instance may take from start to a healthy control endpoint.
     pub start_timeout: Duration,
-    /// Consecutive failed polls after which an unreachable instance counts as failed.
-    pub missed_polls_to_fail: u32,
+    /// Interval of heartbeats: every poll of an instance that gets a reply is one.
+    pub heartbeat: Duration,
+    /// Heartbeat intervals without a reply after which an instance counts as failed.
+    pub missed_heartbeats: u32,
+    /// Restart failed replicas; when false a failure only gets reported.
+    pub heal: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { start_timeout: Duration::from_secs(20), missed_polls_to_fail: 3 }
+        Options {
+            start_timeout: Duration::from_secs(20),
+            heartbeat: Duration::from_millis(200),
+            missed_heartbeats: 2,
+            heal: true,
+        }
     }
 }
 
@@ -56,7 +71,14 @@ pub enum Event {
     InstanceReady { name: String },
     StageLinked { stage: String, targets: usize },
     DrainRequested { stage: String },
-    InstanceFailed { name: String, reason: String },
+    InstanceFailed { id: InstanceId, name: String, reason: String, at: Instant },
+    /// A failed replica runs again, possibly on another node or cluster.
+    InstanceReplaced { failed: String, replacement: String, node: String, at: Instant },
+    /// The global level moved a stage's replica to another cluster.
+    ReplicaMoved { stage: String, from: String, to: String },
+    Rescaled { stage: String, from: u32, to: u32, at: Instant },
+    /// A failed replica could not be restarted anywhere.
+    HealFailed { name: String, reason: String },
 }
 
 /// An orchestrator operation that failed.
@@ -77,6 +99,8 @@ pub enum OrchestratorError {
     ExitedWhileStarting { instance: String, reason: String },
     #[error("deploy called before plan")]
     NotPlanned,
+    #[error("cannot rescale stage `{stage}`: {reason}")]
+    Rescale { stage: String, reason: String },
 }
 
 /// An instance as the orchestrator tracks it.
@@ -86,7 +110,8 @@ pub struct InstanceRecord {
     pub name: String,
     pub endpoints: Option<InstanceEndpoints>,
     pub state: InstanceState,
-    missed_polls: u32,
+    /// Set once a replacement runs, so that a failure is healed once.
+    pub replaced: bool,
 }
 
 /// Counters of every live instance at one moment.
@@ -102,7 +127,9 @@ pub struct Orchestrator {
     topology: Topology,
     workflow: Workflow,
     backend: Box<dyn Backend>,
-    client: ControlClient,
+    control: Arc<dyn InstanceControl>,
+    detector: FailureDetector,
+    dead_nodes: BTreeSet<NodeId>,
     options: Options,
     params: StreamParams,
     capacity: Capacity,
@@ -110,6 +137,7 @@ pub struct Orchestrator {
     instances: BTreeMap<InstanceId, InstanceRecord>,
     /// Stages whose replicas have been asked to drain.
     drain_requested: Vec<bool>,
+    sources_started: bool,
     events: Vec<Event>,
 }
 
@@ -124,17 +152,21 @@ impl Orchestrator {
     ) -> Orchestrator {
         let capacity = Capacity::of(&topology);
         let stage_count = workflow.stages().len();
+        let control = backend.control().unwrap_or_else(|| Arc::new(ControlClient::new(token)));
         Orchestrator {
             topology,
             workflow,
             backend,
-            client: ControlClient::new(token),
+            control,
+            detector: FailureDetector::new(options.heartbeat, options.missed_heartbeats),
+            dead_nodes: BTreeSet::new(),
             options,
             params,
             capacity,
             placement: None,
             instances: BTreeMap::new(),
             drain_requested: vec![false; stage_count],
+            sources_started: false,
             events: Vec::new(),
         }
     }
@@ -163,8 +195,20 @@ impl Orchestrator {
         self.instances.values()
     }
 
-    pub fn client(&self) -> &ControlClient {
-        &self.client
+    pub fn control(&self) -> &Arc<dyn InstanceControl> {
+        &self.control
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Live replicas of a stage (starting, running or draining).
+    pub fn live_replicas(&self, stage: StageId) -> u32 {
+        self.instances
+            .values()
+            .filter(|record| record.spec.id.stage == stage && record.state.is_live())
+            .count() as u32
     }
 
     /// Returns and forgets the events since the last call.
@@ -200,38 +244,22 @@ impl Orchestrator {
     pub async fn deploy(&mut self) -> Result<(), OrchestratorError> {
         let placement = self.placement.clone().ok_or(OrchestratorError::NotPlanned)?;
         let source_replicas = placement.nodes[0].len() as u64;
-        let stages: Vec<_> = self.workflow.stages().iter().rev().cloned().collect();
+        let stages: Vec<StageId> = self.workflow.stages().iter().rev().map(|s| s.id).collect();
+        let mut started = Vec::new();
         for stage in stages {
-            for (replica, node) in placement.nodes[stage.id.0].iter().enumerate() {
-                let replica = replica as u32;
-                let node_info = self.topology.node(*node);
-                let (seq_start, events) = if stage.role == Role::Source {
-                    split_events(self.params.events, source_replicas, u64::from(replica))
+            for (replica, node) in placement.nodes[stage.0].iter().enumerate() {
+                let id = InstanceId::new(stage, replica as u32);
+                let range = if self.workflow.stage(stage).role == Role::Source {
+                    split_events(self.params.events, source_replicas, replica as u64)
                 } else {
                     (0, 0)
                 };
-                let spec = InstanceSpec {
-                    id: InstanceId::new(stage.id, replica),
-                    role: stage.role,
-                    stage: stage.name.clone(),
-                    engine_class: stage.class.clone(),
-                    container: stage.container.clone(),
-                    lang: stage.lang,
-                    node: *node,
-                    site_name: self.topology.site(node_info.site).name.clone(),
-                    cluster_name: self.topology.cluster(node_info.cluster).name.clone(),
-                    node_name: node_info.name.clone(),
-                    seq_start,
-                    events,
-                    event_size: self.params.event_size,
-                    rate: self.params.rate / source_replicas as f64,
-                    cost: stage.cost,
-                    config: stage.config.clone(),
-                };
+                let spec = self.spec_for(id, *node, range);
                 self.start(spec).await?;
+                started.push(id);
             }
         }
-        self.wait_ready().await?;
+        self.wait_ready(&started).await?;
         for stage in 0..self.workflow.stages().len().saturating_sub(1) {
             self.link_stage(StageId(stage)).await?;
         }
@@ -242,32 +270,61 @@ impl Orchestrator {
     pub async fn start_stream(&mut self) -> Result<(), OrchestratorError> {
         for record in self.instances.values().filter(|record| record.spec.role == Role::Source) {
             let url = control_url(record);
-            self.client.start(&record.name, &url).await?;
+            self.control.start(&record.name, &url).await?;
         }
+        self.sources_started = true;
         Ok(())
     }
 
-    /// Fetches the counters of every live instance, marks instances that ended or stopped
-    /// answering as failed, and requests the drain of the next stage when the previous ones
-    /// have drained.
+    fn spec_for(&self, id: InstanceId, node: NodeId, (seq_start, events): (u64, u64)) -> InstanceSpec {
+        let stage = self.workflow.stage(id.stage);
+        let node_info = self.topology.node(node);
+        let source_replicas = u64::from(self.workflow.source().replicas.get());
+        InstanceSpec {
+            id,
+            role: stage.role,
+            stage: stage.name.clone(),
+            engine_class: stage.class.clone(),
+            container: stage.container.clone(),
+            lang: stage.lang,
+            node,
+            site_name: self.topology.site(node_info.site).name.clone(),
+            cluster_name: self.topology.cluster(node_info.cluster).name.clone(),
+            node_name: node_info.name.clone(),
+            seq_start,
+            events,
+            event_size: self.params.event_size,
+            rate: self.params.rate / source_replicas as f64,
+            cost: stage.cost,
+            config: stage.config.clone(),
+        }
+    }
+
+    /// Fetches the counters of every live instance (each reply is a heartbeat), declares
+    /// instances failed that ended or stayed silent too long, restarts them when healing is
+    /// on, and asks the stages to drain once the sources have drained.
     pub async fn poll(&mut self) -> Result<Snapshot, OrchestratorError> {
+        let heartbeat = self.options.heartbeat;
         let mut requests = JoinSet::new();
         for (id, record) in &self.instances {
             if !record.state.is_live() {
                 continue;
             }
-            let client = self.client.clone();
+            let control = self.control.clone();
             let (id, name, url) = (*id, record.name.clone(), control_url(record));
-            requests.spawn(async move { (id, client.stats(&name, &url, false).await) });
+            requests.spawn(async move {
+                let reply = tokio::time::timeout(heartbeat, control.stats(&name, &url, false)).await;
+                (id, reply)
+            });
         }
         let at = Instant::now();
         let mut stats = BTreeMap::new();
         while let Some(joined) = requests.join_next().await {
             let Ok((id, result)) = joined else { continue };
+            let record = self.instances.get_mut(&id).expect("polled instances exist");
             match result {
-                Ok(reply) => {
-                    let record = self.instances.get_mut(&id).expect("polled instances exist");
-                    record.missed_polls = 0;
+                Ok(Ok(reply)) => {
+                    self.detector.heartbeat(id, Instant::now());
                     let next = match reply.phase {
                         Phase::Drained => Some(InstanceState::Drained),
                         Phase::Draining => Some(InstanceState::Draining),
@@ -280,29 +337,117 @@ impl Orchestrator {
                     }
                     stats.insert(id, reply);
                 }
-                Err(error) => {
-                    let record = self.instances.get_mut(&id).expect("polled instances exist");
-                    record.missed_polls += 1;
-                    warn!(instance = %record.name, missed = record.missed_polls, %error, "poll failed");
-                }
+                Ok(Err(error)) => debug!(instance = %record.name, %error, "poll failed"),
+                Err(_) => debug!(instance = %record.name, ?heartbeat, "poll timed out"),
             }
         }
         self.detect_failures().await;
+        if self.options.heal {
+            self.heal().await;
+        }
         self.advance_drain().await?;
-        let drained = self.instances.values().all(|record| record.state == InstanceState::Drained);
+        let drained = self.instances.values().all(|record| {
+            record.state == InstanceState::Drained || (record.replaced && !record.state.is_live())
+        });
         Ok(Snapshot { at, stats, drained })
+    }
+
+    /// Injects a fault through the backend and stops watching what it kills on purpose,
+    /// so that detection is left to the heartbeats.
+    pub async fn inject(&mut self, fault: Fault) -> Result<(), OrchestratorError> {
+        info!(fault = fault.kind(), "injecting fault");
+        self.backend.inject(fault).await?;
+        Ok(())
+    }
+
+    /// Sets a stage to `to` replicas in one step: new replicas are placed on the stage's
+    /// cluster, started and linked; removed ones are unlinked from upstream first, so that
+    /// upstream replays what they had not acknowledged, then stopped.
+    pub async fn rescale(&mut self, stage: StageId, to: u32) -> Result<u32, OrchestratorError> {
+        let name = self.workflow.stage(stage).name.clone();
+        let rescale_error = |reason: String| OrchestratorError::Rescale { stage: name.clone(), reason };
+        let role = self.workflow.stage(stage).role;
+        if role != Role::Processor {
+            return Err(rescale_error(format!(
+                "it is the {role}; only processing stages can be rescaled"
+            )));
+        }
+        let to_replicas = NonZeroU32::new(to).ok_or_else(|| rescale_error("0 replicas".into()))?;
+        self.workflow.set_replicas(stage, to_replicas).map_err(rescale_error)?;
+        let from = self.live_replicas(stage);
+        let cores = self.workflow.stage(stage).cores.get();
+        if to > from {
+            let cluster = self.cluster_of(stage);
+            let mut nodes = Vec::new();
+            for _ in from..to {
+                match place_replicas(&self.topology, cluster, cores, 1, &mut self.capacity) {
+                    Some(node) => nodes.extend(node),
+                    None => break,
+                }
+            }
+            if nodes.is_empty() {
+                return Err(rescale_error(format!(
+                    "cluster {} has no free cores for another replica",
+                    self.topology.cluster_path(cluster)
+                )));
+            }
+            let next_index = self
+                .instances
+                .keys()
+                .filter(|id| id.stage == stage)
+                .map(|id| id.replica + 1)
+                .max()
+                .unwrap_or(0);
+            let mut started = Vec::new();
+            for (offset, node) in nodes.into_iter().enumerate() {
+                let id = InstanceId::new(stage, next_index + offset as u32);
+                let spec = self.spec_for(id, node, (0, 0));
+                self.start(spec).await?;
+                started.push(id);
+            }
+            self.wait_ready(&started).await?;
+            for id in &started {
+                self.link_instance(*id).await?;
+            }
+        } else if to < from {
+            let mut live: Vec<InstanceId> = self
+                .instances
+                .iter()
+                .filter(|(id, record)| id.stage == stage && record.state.is_live())
+                .map(|(id, _)| *id)
+                .collect();
+            live.sort_by_key(|id| std::cmp::Reverse(id.replica));
+            let removed: Vec<InstanceId> = live.into_iter().take((from - to) as usize).collect();
+            for id in &removed {
+                let record = self.instances.get_mut(id).expect("listed above");
+                let _ = record.state.advance(InstanceState::Stopped);
+                self.detector.forget(*id);
+            }
+            if stage.0 > 0 {
+                self.link_stage(StageId(stage.0 - 1)).await?;
+            }
+            for id in removed {
+                self.stop_one(id).await;
+            }
+        }
+        let now = self.live_replicas(stage);
+        info!(stage = %name, from, to = now, "rescaled stage");
+        self.events.push(Event::Rescaled { stage: name, from, to: now, at: Instant::now() });
+        Ok(now)
     }
 
     /// Final counters of every instance, with a sink's received ranges and full histograms.
     pub async fn final_stats(&self) -> BTreeMap<InstanceId, Result<Stats, ControlError>> {
         let mut requests = JoinSet::new();
         for (id, record) in &self.instances {
-            if record.endpoints.is_none() {
+            if record.endpoints.is_none()
+                || !(record.state.is_live() || record.state == InstanceState::Drained)
+            {
                 continue;
             }
-            let client = self.client.clone();
+            let control = self.control.clone();
             let (id, name, url) = (*id, record.name.clone(), control_url(record));
-            requests.spawn(async move { (id, client.stats(&name, &url, true).await) });
+            requests.spawn(async move { (id, control.stats(&name, &url, true).await) });
         }
         let mut all = BTreeMap::new();
         while let Some(joined) = requests.join_next().await {
@@ -322,7 +467,7 @@ impl Orchestrator {
             {
                 continue;
             }
-            match self.client.report(&record.name, &control_url(record)).await {
+            match self.control.report(&record.name, &control_url(record)).await {
                 Ok(report) => {
                     reports.insert(record.name.clone(), report);
                 }
@@ -342,7 +487,7 @@ impl Orchestrator {
                 && !matches!(record.state, InstanceState::Stopped | InstanceState::Failed { .. })
             {
                 let url = control_url(record);
-                if let Err(error) = self.client.stop(&record.name, &url).await {
+                if let Err(error) = self.control.stop(&record.name, &url).await {
                     debug!(instance = %record.name, %error, "stop request failed; the backend stops it");
                 }
             }
@@ -361,19 +506,17 @@ impl Orchestrator {
         let endpoints = self.backend.start_instance(&spec).await?;
         state.advance(InstanceState::Starting).expect("pending to starting");
         info!(instance = %name, node = %spec.node_name, handle = %endpoints.handle, "started instance");
-        self.events
-            .push(Event::InstanceStarted { name: name.clone(), node: spec.node_name.clone() });
+        self.events.push(Event::InstanceStarted { name: name.clone(), node: spec.node_name.clone() });
         self.instances.insert(
             spec.id,
-            InstanceRecord { spec, name, endpoints: Some(endpoints), state, missed_polls: 0 },
+            InstanceRecord { spec, name, endpoints: Some(endpoints), state, replaced: false },
         );
         Ok(())
     }
 
-    async fn wait_ready(&mut self) -> Result<(), OrchestratorError> {
+    async fn wait_ready(&mut self, ids: &[InstanceId]) -> Result<(), OrchestratorError> {
         let deadline = Instant::now() + self.options.start_timeout;
-        let ids: Vec<InstanceId> = self.instances.keys().copied().collect();
-        for id in ids {
+        for id in ids.iter().copied() {
             let record = &self.instances[&id];
             let (name, url) = (record.name.clone(), control_url(record));
             let mut last_error;
@@ -381,7 +524,7 @@ impl Orchestrator {
                 if let Some(reason) = self.backend.exited(id).await {
                     return Err(OrchestratorError::ExitedWhileStarting { instance: name, reason });
                 }
-                match self.client.health(&name, &url).await {
+                match self.control.health(&name, &url).await {
                     Ok(_) => break,
                     Err(error) => last_error = error.reason,
                 }
@@ -396,75 +539,236 @@ impl Orchestrator {
             }
             let record = self.instances.get_mut(&id).expect("listed above");
             record.state.advance(InstanceState::Running).expect("starting to running");
+            self.detector.watch(id, Instant::now());
             self.events.push(Event::InstanceReady { name });
         }
         Ok(())
     }
 
+    /// Sends every live replica of `stage` the live replicas of the next stage as targets.
     async fn link_stage(&mut self, stage: StageId) -> Result<(), OrchestratorError> {
-        let next = StageId(stage.0 + 1);
-        let receivers: Vec<(String, crate::model::SiteId)> = self
+        let senders: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|(id, record)| id.stage == stage && record.state.is_live())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut count = 0;
+        for id in senders {
+            count = self.send_targets(id).await?;
+        }
+        let stage_name = self.workflow.stage(stage).name.clone();
+        self.events.push(Event::StageLinked { stage: stage_name, targets: count });
+        Ok(())
+    }
+
+    /// Sends one instance the live replicas of the next stage; returns how many.
+    async fn send_targets(&mut self, id: InstanceId) -> Result<usize, OrchestratorError> {
+        let sender = &self.instances[&id];
+        let from = self.topology.node(sender.spec.node).site;
+        let next = StageId(id.stage.0 + 1);
+        let targets: Vec<Target> = self
             .instances
             .values()
             .filter(|record| record.spec.id.stage == next && record.state.is_live())
             .map(|record| {
-                let addr = record.endpoints.as_ref().expect("started").data_addr.clone();
-                (addr, self.topology.node(record.spec.node).site)
+                let link = self.topology.link(from, self.topology.node(record.spec.node).site);
+                Target {
+                    addr: record.endpoints.as_ref().expect("started").data_addr.clone(),
+                    latency_us: link.latency.as_micros() as u64,
+                    bandwidth_bps: link.bandwidth_bps,
+                }
             })
             .collect();
-        let senders: Vec<&InstanceRecord> = self
-            .instances
-            .values()
-            .filter(|record| record.spec.id.stage == stage && record.state.is_live())
-            .collect();
-        for sender in senders {
-            let from = self.topology.node(sender.spec.node).site;
-            let targets = Targets {
-                targets: receivers
-                    .iter()
-                    .map(|(addr, to)| {
-                        let link = self.topology.link(from, *to);
-                        Target {
-                            addr: addr.clone(),
-                            latency_us: link.latency.as_micros() as u64,
-                            bandwidth_bps: link.bandwidth_bps,
-                        }
-                    })
-                    .collect(),
-            };
-            self.client.set_targets(&sender.name, &control_url(sender), &targets).await?;
-        }
-        let stage_name = self.workflow.stage(stage).name.clone();
-        self.events.push(Event::StageLinked { stage: stage_name, targets: receivers.len() });
-        Ok(())
+        let count = targets.len();
+        self.control.set_targets(&sender.name, &control_url(sender), &Targets { targets }).await?;
+        Ok(count)
     }
 
     async fn detect_failures(&mut self) {
-        let ids: Vec<InstanceId> = self
+        let now = Instant::now();
+        let mut failures: BTreeMap<InstanceId, String> = self
+            .detector
+            .suspects(now)
+            .into_iter()
+            .map(|(id, silent)| (id, format!("no heartbeat for {} ms", silent.as_millis())))
+            .collect();
+        let live: Vec<InstanceId> = self
             .instances
             .iter()
             .filter(|(_, record)| record.state.is_live())
             .map(|(id, _)| *id)
             .collect();
-        for id in ids {
-            let exited = self.backend.exited(id).await;
-            let record = self.instances.get_mut(&id).expect("listed above");
-            let reason = match exited {
-                Some(reason) => Some(reason),
-                None if record.missed_polls >= self.options.missed_polls_to_fail => {
-                    Some(format!("no reply to {} consecutive polls", record.missed_polls))
-                }
-                None => None,
-            };
-            if let Some(reason) = reason {
-                warn!(instance = %record.name, %reason, "instance failed");
-                self.events.push(Event::InstanceFailed {
-                    name: record.name.clone(),
-                    reason: reason.clone(),
-                });
-                let _ = record.state.advance(InstanceState::Failed { reason });
+        for id in live {
+            if let Some(reason) = self.backend.exited(id).await {
+                failures.insert(id, reason);
             }
         }
+        for (id, reason) in failures {
+            let record = self.instances.get_mut(&id).expect("watched instances exist");
+            if !record.state.is_live() {
+                self.detector.forget(id);
+                continue;
+            }
+            warn!(instance = %record.name, %reason, "instance failed");
+            self.events.push(Event::InstanceFailed {
+                id,
+                name: record.name.clone(),
+                reason: reason.clone(),
+                at: now,
+            });
+            let _ = record.state.advance(InstanceState::Failed { reason });
+            self.detector.forget(id);
+        }
+    }
+
+    /// Restarts every failed replica that is not yet replaced: on a healthy node of its
+    /// cluster when one has room (the cluster level), else on another cluster chosen by the
+    /// global level, ignoring the stage's site so that the workflow keeps running. Replicas
+    /// moved away stay where they were moved when their cluster comes back.
+    async fn heal(&mut self) {
+        let failed: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|(_, record)| {
+                matches!(record.state, InstanceState::Failed { .. }) && !record.replaced
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            if let Err(error) = self.replace(id).await {
+                let name = self.instances[&id].name.clone();
+                warn!(instance = %name, %error, "could not restart failed replica");
+                self.events.push(Event::HealFailed { name, reason: error.to_string() });
+                // Count it as handled so that the next poll does not retry forever.
+                self.instances.get_mut(&id).expect("listed above").replaced = true;
+            }
+        }
+    }
+
+    async fn replace(&mut self, failed: InstanceId) -> Result<(), OrchestratorError> {
+        let old = self.instances[&failed].clone();
+        let old_node = old.spec.node;
+        let cores = self.workflow.stage(failed.stage).cores.get();
+        // Free what the failed replica used; a dead node gives nothing back.
+        if self.backend.node_alive(old_node).await {
+            self.capacity.release(old_node, cores, &self.topology);
+        } else if self.dead_nodes.insert(old_node) {
+            warn!(node = %self.topology.node(old_node).name, "node is down");
+            self.capacity.remove_node(old_node);
+        }
+        self.stop_one(failed).await;
+        let cluster = self.topology.node(old_node).cluster;
+        let node = match place_replicas(&self.topology, cluster, cores, 1, &mut self.capacity) {
+            Some(nodes) => nodes[0],
+            None => {
+                let excluded: Vec<ClusterId> = vec![cluster];
+                let mut relaxed = self.workflow.clone();
+                relaxed.clear_site(failed.stage);
+                let target = choose_cluster_for_one(
+                    &self.topology,
+                    &relaxed,
+                    failed.stage,
+                    &self.capacity,
+                    &excluded,
+                )?;
+                let nodes = place_replicas(&self.topology, target, cores, 1, &mut self.capacity)
+                    .expect("choose_cluster checked the room");
+                let stage = self.workflow.stage(failed.stage).name.clone();
+                info!(%stage, from = %self.topology.cluster_path(cluster), to = %self.topology.cluster_path(target), "moving replica to another cluster");
+                self.events.push(Event::ReplicaMoved {
+                    stage,
+                    from: self.topology.cluster_path(cluster),
+                    to: self.topology.cluster_path(target),
+                });
+                nodes[0]
+            }
+        };
+        let id = InstanceId {
+            stage: failed.stage,
+            replica: failed.replica,
+            incarnation: self
+                .instances
+                .keys()
+                .filter(|other| other.stage == failed.stage && other.replica == failed.replica)
+                .map(|other| other.incarnation + 1)
+                .max()
+                .unwrap_or(1),
+        };
+        let range = (old.spec.seq_start, old.spec.events);
+        let spec = self.spec_for(id, node, range);
+        self.start(spec).await?;
+        self.wait_ready(&[id]).await?;
+        self.link_instance(id).await?;
+        if old.spec.role == Role::Source && self.sources_started {
+            let record = &self.instances[&id];
+            self.control.start(&record.name, &control_url(record)).await?;
+        }
+        self.instances.get_mut(&failed).expect("exists").replaced = true;
+        let replacement = self.instances[&id].name.clone();
+        info!(failed = %old.name, %replacement, node = %self.topology.node(node).name, "replaced failed replica");
+        self.events.push(Event::InstanceReplaced {
+            failed: old.name,
+            replacement,
+            node: self.topology.node(node).name.clone(),
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Gives a new instance its targets, drains it when its stage already drains, and
+    /// relinks the stage before it so that upstream replicas send to it.
+    async fn link_instance(&mut self, id: InstanceId) -> Result<(), OrchestratorError> {
+        if id.stage.0 + 1 < self.workflow.stages().len() {
+            self.send_targets(id).await?;
+        }
+        if id.stage.0 > 0 {
+            self.link_stage(StageId(id.stage.0 - 1)).await?;
+        }
+        if self.drain_requested.get(id.stage.0).copied().unwrap_or(false) {
+            let expected_ends = self.upstream_count(id.stage);
+            let record = &self.instances[&id];
+            self.control.drain(&record.name, &control_url(record), &Drain { expected_ends }).await?;
+        }
+        Ok(())
+    }
+
+    fn upstream_count(&self, stage: StageId) -> u32 {
+        self.instances
+            .values()
+            .filter(|record| record.spec.id.stage.0 + 1 == stage.0 && !record.replaced)
+            .filter(|record| !matches!(record.state, InstanceState::Stopped))
+            .map(|record| (record.spec.id.stage, record.spec.id.replica))
+            .collect::<BTreeSet<_>>()
+            .len() as u32
+    }
+
+    fn cluster_of(&self, stage: StageId) -> ClusterId {
+        self.instances
+            .values()
+            .find(|record| record.spec.id.stage == stage && record.state.is_live())
+            .map(|record| self.topology.node(record.spec.node).cluster)
+            .or_else(|| self.placement.as_ref().map(|placement| placement.cluster_of(stage)))
+            .unwrap_or(ClusterId(0))
+    }
+
+    async fn stop_one(&mut self, id: InstanceId) {
+        let record = self.instances.get_mut(&id).expect("known instance");
+        if let Some(endpoints) = &record.endpoints {
+            let url = endpoints.control_url.clone();
+            let name = record.name.clone();
+            let control = self.control.clone();
+            // A frozen or cut-off instance never replies; do not wait for it.
+            let _ = tokio::time::timeout(self.options.heartbeat, control.stop(&name, &url)).await;
+        }
+        if let Err(error) = self.backend.stop_instance(id).await {
+            warn!(instance = %id, %error, "backend could not stop instance");
+        }
+        let record = self.instances.get_mut(&id).expect("known instance");
+        if record.state.is_live() {
+            let _ = record.state.advance(InstanceState::Stopped);
+        }
+        self.detector.forget(id);
     }
 
     /// Once every source replica has drained, asks every other stage to drain. A stage
@@ -483,14 +787,7 @@ impl Orchestrator {
             if self.drain_requested[stage] {
                 continue;
             }
-            let expected_ends = self
-                .instances
-                .values()
-                .filter(|record| {
-                    record.spec.id.stage.0 == stage - 1
-                        && !matches!(record.state, InstanceState::Failed { .. })
-                })
-                .count() as u32;
+            let expected_ends = self.upstream_count(StageId(stage));
             let receivers: Vec<(String, String)> = self
                 .instances
                 .values()
@@ -498,7 +795,7 @@ impl Orchestrator {
                 .map(|record| (record.name.clone(), control_url(record)))
                 .collect();
             for (name, url) in receivers {
-                self.client.drain(&name, &url, &Drain { expected_ends }).await?;
+                self.control.drain(&name, &url, &Drain { expected_ends }).await?;
             }
             self.drain_requested[stage] = true;
             let stage_name = self.workflow.stage(StageId(stage)).name.clone();
@@ -540,4 +837,18 @@ mod tests {
             assert_eq!(next, total, "{total} events over {replicas} replicas");
         }
     }
+}
+
+/// Global level for a single replica that lost its cluster: any other cluster with room,
+/// chosen as for a whole stage.
+fn choose_cluster_for_one(
+    topology: &Topology,
+    workflow: &Workflow,
+    stage: StageId,
+    capacity: &Capacity,
+    excluded: &[ClusterId],
+) -> Result<ClusterId, PlacementError> {
+    let mut single = workflow.clone();
+    single.set_replicas_unchecked(stage, NonZeroU32::MIN);
+    choose_cluster(topology, &single, stage, None, capacity, excluded)
 }

@@ -21,10 +21,14 @@ use crate::artifacts::{
     self, Benchmark, ExpectationResult, Phases, StageSummary, Summary, write_json,
 };
 use crate::backends::RunLabels;
+use crate::backends::docker::DockerBackend;
 use crate::backends::process::ProcessBackend;
 use crate::progress::Progress;
 use crate::results::{self, EventCounts, Sample};
 use crate::scenario::Scenario;
+
+/// Test hook: when this environment variable is `1`, the harness panics right after deploy.
+pub const PANIC_AFTER_DEPLOY_ENV: &str = "TESTBED_PANIC_AFTER_DEPLOY";
 
 /// How often the harness polls every instance while streaming.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -34,12 +38,15 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub enum BackendKind {
     /// Local processes on 127.0.0.1.
     Process,
+    /// One Docker network per cluster and one container per node, from a locally built image.
+    Docker,
 }
 
 impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Process => "process",
+            BackendKind::Docker => "docker",
         }
     }
 }
@@ -132,9 +139,26 @@ pub async fn execute(
     let token = new_token();
     let labels = RunLabels { run_id: run_id.to_string(), harness_pid: std::process::id() };
     let log_dir = run_dir.join("logs");
-    let backend = match config.backend {
+    let backend: Box<dyn orchestrator::backend::Backend> = match config.backend {
         BackendKind::Process => {
             Box::new(ProcessBackend::new(&config.mock_bin, labels, &token, &log_dir))
+        }
+        BackendKind::Docker => {
+            // Connecting and preparing the node image come before the run: an engine that
+            // cannot be reached or an image that cannot be built is an unusable environment.
+            let phase = progress.phase("image", None, "");
+            match DockerBackend::connect(labels, &token, &log_dir).await {
+                Ok(backend) => {
+                    let image = backend.image();
+                    let verb = if image.built { "built" } else { "reused" };
+                    phase.done(format!("{verb} {}", image.reference()));
+                    Box::new(backend)
+                }
+                Err(error) => {
+                    phase.failed("Docker is not usable".to_string());
+                    return Err(RunError::Environment(error.to_string()));
+                }
+            }
         }
     };
     let scenario = inputs.scenario.clone();
@@ -264,6 +288,10 @@ async fn drive(
     }
     phases.deploy = start.elapsed().as_secs_f64();
     phase.done(format!("{instance_total} instances ready and linked in {:.1} s", phases.deploy));
+    // Test hook: a panic with every instance deployed, to check that nothing outlives it.
+    if std::env::var_os(PANIC_AFTER_DEPLOY_ENV).is_some_and(|value| value == "1") {
+        panic!("{PANIC_AFTER_DEPLOY_ENV}=1: panicking after deploy as requested");
+    }
 
     let total = scenario.stream.events;
     let phase = progress.phase("stream", Some(total), "events");
@@ -293,7 +321,7 @@ async fn drive(
             .take_events()
             .into_iter()
             .filter_map(|event| match event {
-                Event::InstanceFailed { name, reason } => Some(format!("{name}: {reason}")),
+                Event::InstanceFailed { name, reason, .. } => Some(format!("{name}: {reason}")),
                 _ => None,
             })
             .collect();
@@ -577,6 +605,7 @@ fn write_artifacts(
         &names,
         &results::timeline(&recorder.samples),
     )?;
+    crate::report_html::write(run_dir, summary, &results::timeline(&recorder.samples), &names)?;
     artifacts::write_junit(&run_dir.join("junit.xml"), summary)?;
     if !reports.is_empty() {
         let folder = run_dir.join("reports");

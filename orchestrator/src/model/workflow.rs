@@ -318,6 +318,17 @@ impl Workflow {
         self.stages.get(id.0 + 1)
     }
 
+    /// Forgets a stage's site, so that placement may put it anywhere; used when its site has
+    /// no room left after a failure.
+    pub fn clear_site(&mut self, id: StageId) {
+        self.stages[id.0].site = None;
+    }
+
+    /// Sets a stage's replica count without checking its bounds, for placement trials.
+    pub fn set_replicas_unchecked(&mut self, id: StageId, replicas: NonZeroU32) {
+        self.stages[id.0].replicas = replicas;
+    }
+
     /// Sets a stage's replica count, within its bounds.
     pub fn set_replicas(&mut self, id: StageId, replicas: NonZeroU32) -> Result<(), String> {
         let stage = &mut self.stages[id.0];
