@@ -136,7 +136,10 @@ pub trait Backend: Send {
 
     /// Injects a fault; backends that cannot emulate one return [`BackendError::Unsupported`].
     async fn inject(&mut self, fault: Fault) -> Result<(), BackendError> {
-        Err(BackendError::Unsupported { fault: fault.kind().to_string(), backend: self.kind().to_string() })
+        Err(BackendError::Unsupported {
+            fault: fault.kind().to_string(),
+            backend: self.kind().to_string(),
+        })
     }
 
     /// The control channel to instances; `None` means HTTP with the run's token.

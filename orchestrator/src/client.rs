@@ -26,11 +26,30 @@ pub struct ControlError {
 #[async_trait::async_trait]
 pub trait InstanceControl: Send + Sync {
     async fn health(&self, instance: &str, endpoint: &str) -> Result<Health, ControlError>;
-    async fn stats(&self, instance: &str, endpoint: &str, ranges: bool) -> Result<Stats, ControlError>;
-    async fn report(&self, instance: &str, endpoint: &str) -> Result<serde_json::Value, ControlError>;
-    async fn set_targets(&self, instance: &str, endpoint: &str, targets: &Targets) -> Result<(), ControlError>;
+    async fn stats(
+        &self,
+        instance: &str,
+        endpoint: &str,
+        ranges: bool,
+    ) -> Result<Stats, ControlError>;
+    async fn report(
+        &self,
+        instance: &str,
+        endpoint: &str,
+    ) -> Result<serde_json::Value, ControlError>;
+    async fn set_targets(
+        &self,
+        instance: &str,
+        endpoint: &str,
+        targets: &Targets,
+    ) -> Result<(), ControlError>;
     async fn start(&self, instance: &str, endpoint: &str) -> Result<(), ControlError>;
-    async fn drain(&self, instance: &str, endpoint: &str, drain: &Drain) -> Result<(), ControlError>;
+    async fn drain(
+        &self,
+        instance: &str,
+        endpoint: &str,
+        drain: &Drain,
+    ) -> Result<(), ControlError>;
     async fn stop(&self, instance: &str, endpoint: &str) -> Result<(), ControlError>;
 }
 
@@ -39,19 +58,38 @@ impl InstanceControl for ControlClient {
     async fn health(&self, instance: &str, endpoint: &str) -> Result<Health, ControlError> {
         ControlClient::health(self, instance, endpoint).await
     }
-    async fn stats(&self, instance: &str, endpoint: &str, ranges: bool) -> Result<Stats, ControlError> {
+    async fn stats(
+        &self,
+        instance: &str,
+        endpoint: &str,
+        ranges: bool,
+    ) -> Result<Stats, ControlError> {
         ControlClient::stats(self, instance, endpoint, ranges).await
     }
-    async fn report(&self, instance: &str, endpoint: &str) -> Result<serde_json::Value, ControlError> {
+    async fn report(
+        &self,
+        instance: &str,
+        endpoint: &str,
+    ) -> Result<serde_json::Value, ControlError> {
         ControlClient::report(self, instance, endpoint).await
     }
-    async fn set_targets(&self, instance: &str, endpoint: &str, targets: &Targets) -> Result<(), ControlError> {
+    async fn set_targets(
+        &self,
+        instance: &str,
+        endpoint: &str,
+        targets: &Targets,
+    ) -> Result<(), ControlError> {
         ControlClient::set_targets(self, instance, endpoint, targets).await
     }
     async fn start(&self, instance: &str, endpoint: &str) -> Result<(), ControlError> {
         ControlClient::start(self, instance, endpoint).await
     }
-    async fn drain(&self, instance: &str, endpoint: &str, drain: &Drain) -> Result<(), ControlError> {
+    async fn drain(
+        &self,
+        instance: &str,
+        endpoint: &str,
+        drain: &Drain,
+    ) -> Result<(), ControlError> {
         ControlClient::drain(self, instance, endpoint, drain).await
     }
     async fn stop(&self, instance: &str, endpoint: &str) -> Result<(), ControlError> {

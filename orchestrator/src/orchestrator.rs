@@ -67,18 +67,50 @@ impl Default for Options {
 /// Something the orchestrator did or saw, for progress display and logs.
 #[derive(Debug, Clone)]
 pub enum Event {
-    InstanceStarted { name: String, node: String },
-    InstanceReady { name: String },
-    StageLinked { stage: String, targets: usize },
-    DrainRequested { stage: String },
-    InstanceFailed { id: InstanceId, name: String, reason: String, at: Instant },
+    InstanceStarted {
+        name: String,
+        node: String,
+    },
+    InstanceReady {
+        name: String,
+    },
+    StageLinked {
+        stage: String,
+        targets: usize,
+    },
+    DrainRequested {
+        stage: String,
+    },
+    InstanceFailed {
+        id: InstanceId,
+        name: String,
+        reason: String,
+        at: Instant,
+    },
     /// A failed replica runs again, possibly on another node or cluster.
-    InstanceReplaced { failed: String, replacement: String, node: String, at: Instant },
+    InstanceReplaced {
+        failed: String,
+        replacement: String,
+        node: String,
+        at: Instant,
+    },
     /// The global level moved a stage's replica to another cluster.
-    ReplicaMoved { stage: String, from: String, to: String },
-    Rescaled { stage: String, from: u32, to: u32, at: Instant },
+    ReplicaMoved {
+        stage: String,
+        from: String,
+        to: String,
+    },
+    Rescaled {
+        stage: String,
+        from: u32,
+        to: u32,
+        at: Instant,
+    },
     /// A failed replica could not be restarted anywhere.
-    HealFailed { name: String, reason: String },
+    HealFailed {
+        name: String,
+        reason: String,
+    },
 }
 
 /// An orchestrator operation that failed.
@@ -203,6 +235,12 @@ impl Orchestrator {
         &self.options
     }
 
+    /// Replicas of `stage` that would still fit on its cluster.
+    pub fn free_slots(&self, stage: StageId) -> u32 {
+        let cores = self.workflow.stage(stage).cores.get();
+        self.capacity.slots(&self.topology, self.cluster_of(stage), cores)
+    }
+
     /// Live replicas of a stage (starting, running or draining).
     pub fn live_replicas(&self, stage: StageId) -> u32 {
         self.instances
@@ -276,7 +314,12 @@ impl Orchestrator {
         Ok(())
     }
 
-    fn spec_for(&self, id: InstanceId, node: NodeId, (seq_start, events): (u64, u64)) -> InstanceSpec {
+    fn spec_for(
+        &self,
+        id: InstanceId,
+        node: NodeId,
+        (seq_start, events): (u64, u64),
+    ) -> InstanceSpec {
         let stage = self.workflow.stage(id.stage);
         let node_info = self.topology.node(node);
         let source_replicas = u64::from(self.workflow.source().replicas.get());
@@ -313,7 +356,8 @@ impl Orchestrator {
             let control = self.control.clone();
             let (id, name, url) = (*id, record.name.clone(), control_url(record));
             requests.spawn(async move {
-                let reply = tokio::time::timeout(heartbeat, control.stats(&name, &url, false)).await;
+                let reply =
+                    tokio::time::timeout(heartbeat, control.stats(&name, &url, false)).await;
                 (id, reply)
             });
         }
@@ -365,7 +409,8 @@ impl Orchestrator {
     /// upstream replays what they had not acknowledged, then stopped.
     pub async fn rescale(&mut self, stage: StageId, to: u32) -> Result<u32, OrchestratorError> {
         let name = self.workflow.stage(stage).name.clone();
-        let rescale_error = |reason: String| OrchestratorError::Rescale { stage: name.clone(), reason };
+        let rescale_error =
+            |reason: String| OrchestratorError::Rescale { stage: name.clone(), reason };
         let role = self.workflow.stage(stage).role;
         if role != Role::Processor {
             return Err(rescale_error(format!(
@@ -506,7 +551,8 @@ impl Orchestrator {
         let endpoints = self.backend.start_instance(&spec).await?;
         state.advance(InstanceState::Starting).expect("pending to starting");
         info!(instance = %name, node = %spec.node_name, handle = %endpoints.handle, "started instance");
-        self.events.push(Event::InstanceStarted { name: name.clone(), node: spec.node_name.clone() });
+        self.events
+            .push(Event::InstanceStarted { name: name.clone(), node: spec.node_name.clone() });
         self.instances.insert(
             spec.id,
             InstanceRecord { spec, name, endpoints: Some(endpoints), state, replaced: false },
@@ -728,7 +774,9 @@ impl Orchestrator {
         if self.drain_requested.get(id.stage.0).copied().unwrap_or(false) {
             let expected_ends = self.upstream_count(id.stage);
             let record = &self.instances[&id];
-            self.control.drain(&record.name, &control_url(record), &Drain { expected_ends }).await?;
+            self.control
+                .drain(&record.name, &control_url(record), &Drain { expected_ends })
+                .await?;
         }
         Ok(())
     }

@@ -26,6 +26,10 @@ pub struct Summary {
     /// Wall time of each phase, in seconds.
     pub phases_s: Phases,
     pub expectations: Vec<ExpectationResult>,
+    /// Faults the scenario injected and what each cost.
+    pub faults: Vec<crate::faults::FaultRecord>,
+    /// Rescales, from scenario actions and from the autoscaler.
+    pub rescales: Vec<crate::faults::RescaleRecord>,
     /// Errors that ended the run early, if any.
     pub errors: Vec<String>,
 }

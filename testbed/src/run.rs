@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use orchestrator::InputError;
+use orchestrator::backend::Fault;
 use orchestrator::control::Role;
 use orchestrator::model::{InstanceId, InstanceState, StageId, Topology, Workflow};
 use orchestrator::orchestrator::{Event, Options, Orchestrator, OrchestratorError, StreamParams};
@@ -23,9 +24,10 @@ use crate::artifacts::{
 use crate::backends::RunLabels;
 use crate::backends::docker::DockerBackend;
 use crate::backends::process::ProcessBackend;
+use crate::faults::{FaultRecord, RescaleRecord};
 use crate::progress::Progress;
 use crate::results::{self, EventCounts, Sample};
-use crate::scenario::Scenario;
+use crate::scenario::{Action, ActionKind, ScaleChange, Scenario, When};
 
 /// Test hook: when this environment variable is `1`, the harness panics right after deploy.
 pub const PANIC_AFTER_DEPLOY_ENV: &str = "TESTBED_PANIC_AFTER_DEPLOY";
@@ -100,6 +102,7 @@ impl Inputs {
         let topology = Topology::load(&config.topology).map_err(RunError::Input)?;
         let workflow = Workflow::load(&config.workflow).map_err(RunError::Input)?;
         let mut scenario = Scenario::load(&config.scenario).map_err(RunError::Input)?;
+        scenario.check_names(&config.scenario, &workflow, &topology).map_err(RunError::Input)?;
         if let Some(events) = config.events {
             if events == 0 {
                 return Err(RunError::Environment(
@@ -173,7 +176,7 @@ pub async fn execute(
         backend,
         &token,
         params,
-        Options::default(),
+        Options { heartbeat: Duration::from_millis(scenario.heartbeat_ms), ..Options::default() },
     );
 
     match orchestrator.plan() {
@@ -295,13 +298,15 @@ async fn drive(
 
     let total = scenario.stream.events;
     let phase = progress.phase("stream", Some(total), "events");
-    let stream_start = Instant::now();
+    let stream_start = tokio::time::Instant::now();
     if let Err(error) = orchestrator.start_stream().await {
         phase.failed(error.to_string());
         return Err(format!("start: {error}"));
     }
     let timeout = Duration::from_secs_f64(scenario.timeout_s);
-    let mut sources_done: Option<Instant> = None;
+    let mut sources_done = false;
+    let mut pending: Vec<Action> = scenario.actions.clone();
+    let mut autoscaler = crate::autoscaler::Autoscaler::new(scenario.autoscale);
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -314,24 +319,78 @@ async fn drive(
             }
         };
         let elapsed = stream_start.elapsed();
-        recorder.record(orchestrator, &snapshot.stats, elapsed.as_secs_f64());
+        let now_s = elapsed.as_secs_f64();
+        recorder.record(orchestrator, &snapshot.stats, now_s);
         let sink_events = recorder.last_events().last().copied().unwrap_or(0);
         phase.set_position(sink_events.min(total));
-        let failed: Vec<String> = orchestrator
-            .take_events()
-            .into_iter()
-            .filter_map(|event| match event {
-                Event::InstanceFailed { name, reason, .. } => Some(format!("{name}: {reason}")),
-                _ => None,
-            })
-            .collect();
-        if !failed.is_empty() {
-            phase.failed("an instance failed".to_string());
-            return Err(format!("instance failed during streaming: {}", failed.join("; ")));
+        for event in orchestrator.take_events() {
+            match event {
+                Event::InstanceFailed { name, reason, at, .. } => {
+                    let at_s = at.saturating_duration_since(stream_start).as_secs_f64();
+                    progress.println(&format!("  {at_s:>6.2} s  failed    {name}: {reason}"));
+                    recorder.failures.push(at_s);
+                }
+                Event::InstanceReplaced { failed, replacement, node, at } => {
+                    let at_s = at.saturating_duration_since(stream_start).as_secs_f64();
+                    progress.println(&format!(
+                        "  {at_s:>6.2} s  restarted {failed} as {replacement} on {node}"
+                    ));
+                }
+                Event::ReplicaMoved { stage, from, to } => {
+                    progress.println(&format!(
+                        "  {now_s:>6.2} s  moved     {stage} from {from} to {to}"
+                    ));
+                }
+                Event::HealFailed { name, reason } => {
+                    phase.failed(format!("could not restart {name}"));
+                    return Err(format!("could not restart failed instance {name}: {reason}"));
+                }
+                _ => {}
+            }
         }
-        if sources_done.is_none() && source_drained(orchestrator) {
-            sources_done = Some(Instant::now());
-            phases.stream = elapsed.as_secs_f64();
+        if !orchestrator.options().heal && !recorder.failures.is_empty() {
+            phase.failed("an instance failed".to_string());
+            return Err("an instance failed during streaming and healing is off".to_string());
+        }
+
+        let mut index = 0;
+        while index < pending.len() {
+            let due = match pending[index].when {
+                When::At(at) => now_s >= at,
+                When::SinkEvents(events) => sink_events >= events,
+            };
+            if !due {
+                index += 1;
+                continue;
+            }
+            let action = pending.remove(index);
+            progress.println(&format!(
+                "  {now_s:>6.2} s  {:<9} {}",
+                action.kind.name(),
+                action.kind.target()
+            ));
+            if let Err(error) =
+                apply_action(orchestrator, &action, now_s, recorder, stream_start).await
+            {
+                phase.failed(format!("{} failed", action.kind.name()));
+                return Err(format!(
+                    "action `{}` on line {}: {error}",
+                    action.kind.name(),
+                    action.line
+                ));
+            }
+        }
+        if let Some(record) = autoscaler.step(orchestrator, &snapshot.stats, now_s).await {
+            progress.println(&format!(
+                "  {now_s:>6.2} s  autoscale {} {} -> {}",
+                record.stage, record.from, record.to
+            ));
+            recorder.rescales.push(record);
+        }
+
+        if !sources_done && source_drained(orchestrator) {
+            sources_done = true;
+            phases.stream = now_s;
         }
         if snapshot.drained {
             break;
@@ -348,10 +407,82 @@ async fn drive(
     let finished = stream_start.elapsed().as_secs_f64();
     phases.drain = finished - phases.stream;
     recorder.duration = finished;
+    recorder.finish_faults(if sources_done { phases.stream } else { finished });
     phase.done(format!(
         "{total} events in {finished:.1} s ({:.0} events/s at the sink)",
         recorder.last_events().last().copied().unwrap_or(0) as f64 / finished.max(1e-9)
     ));
+    Ok(())
+}
+
+/// Carries out one scenario action through the orchestrator and records it.
+async fn apply_action(
+    orchestrator: &mut Orchestrator,
+    action: &Action,
+    now_s: f64,
+    recorder: &mut Recorder,
+    stream_start: tokio::time::Instant,
+) -> Result<(), String> {
+    let topology = orchestrator.topology();
+    let node = |name: &str| topology.node_by_name(name).map(|node| node.id);
+    let cluster = |name: &str| topology.cluster_by_name(name).map(|cluster| cluster.id);
+    let missing = || format!("`{}` is not in the topology", action.kind.target());
+    let fault = match &action.kind {
+        ActionKind::Scale { stage, change } => {
+            let id = orchestrator
+                .workflow()
+                .stage_by_name(stage)
+                .map(|stage| stage.id)
+                .ok_or_else(|| format!("unknown stage `{stage}`"))?;
+            let from = orchestrator.live_replicas(id);
+            let to = match change {
+                ScaleChange::To(to) => *to,
+                ScaleChange::By(by) => (i64::from(from) + by).max(1) as u32,
+            };
+            let started = tokio::time::Instant::now();
+            let reached = orchestrator.rescale(id, to).await.map_err(|error| error.to_string())?;
+            recorder.rescales.push(RescaleRecord {
+                stage: stage.clone(),
+                from,
+                to: reached,
+                at_s: now_s,
+                settled_after_s: started.elapsed().as_secs_f64(),
+                steps: 1,
+                automatic: false,
+            });
+            return Ok(());
+        }
+        ActionKind::KillInstance { stage, replica } => {
+            let id = orchestrator
+                .instances()
+                .filter(|record| record.spec.stage == *stage && record.spec.id.replica == *replica)
+                .filter(|record| record.state.is_live())
+                .map(|record| record.spec.id)
+                .max()
+                .ok_or_else(|| format!("no live replica {replica} of stage `{stage}`"))?;
+            Fault::KillInstance(id)
+        }
+        ActionKind::KillNode(name) => Fault::KillNode(node(name).ok_or_else(missing)?),
+        ActionKind::PauseNode(name) => Fault::PauseNode(node(name).ok_or_else(missing)?),
+        ActionKind::ResumeNode(name) => Fault::ResumeNode(node(name).ok_or_else(missing)?),
+        ActionKind::Partition(name) => Fault::Partition(cluster(name).ok_or_else(missing)?),
+        ActionKind::Heal(name) => Fault::Heal(cluster(name).ok_or_else(missing)?),
+        ActionKind::LoseCluster(name) => Fault::LoseCluster(cluster(name).ok_or_else(missing)?),
+    };
+    let injected_at_s = stream_start.elapsed().as_secs_f64();
+    orchestrator.inject(fault).await.map_err(|error| error.to_string())?;
+    if action.kind.is_fault() {
+        recorder.faults.push(FaultRecord {
+            kind: action.kind.name().to_string(),
+            target: action.kind.target(),
+            injected_at_s,
+            detected_after_s: None,
+            recovered_after_s: None,
+            events_replayed: 0,
+            dip_depth: 0.0,
+            dip_length_s: 0.0,
+        });
+    }
     Ok(())
 }
 
@@ -368,11 +499,60 @@ pub struct Recorder {
     stage_count: usize,
     /// Seconds from the start of streaming to the end of the drain.
     duration: f64,
+    /// Events replayed by all instances, summed, at each sample.
+    replayed: Vec<u64>,
+    /// Seconds after the start of streaming at which an instance was declared failed.
+    failures: Vec<f64>,
+    faults: Vec<FaultRecord>,
+    rescales: Vec<RescaleRecord>,
+    /// Last counters of every instance, so that a failed or removed replica keeps counting
+    /// in its stage's total.
+    last_counts: BTreeMap<InstanceId, (u64, u64)>,
 }
 
 impl Recorder {
     fn new(stage_count: usize) -> Recorder {
-        Recorder { samples: Vec::new(), stage_count, duration: 0.0 }
+        Recorder {
+            samples: Vec::new(),
+            stage_count,
+            duration: 0.0,
+            replayed: Vec::new(),
+            failures: Vec::new(),
+            faults: Vec::new(),
+            rescales: Vec::new(),
+            last_counts: BTreeMap::new(),
+        }
+    }
+
+    /// Completes every fault record: detection from the failures seen after it, recovery
+    /// and dip from the sink's throughput, replays until the next fault.
+    /// `stream_end` is when the sources finished emitting: the sink's throughput falls after
+    /// it whatever happened, so recovery is only looked for before it.
+    fn finish_faults(&mut self, stream_end: f64) {
+        let times: Vec<f64> = self.faults.iter().map(|fault| fault.injected_at_s).collect();
+        for (index, fault) in self.faults.iter_mut().enumerate() {
+            let next = times.get(index + 1).copied().unwrap_or(f64::INFINITY);
+            fault.detected_after_s = self
+                .failures
+                .iter()
+                .copied()
+                .filter(|at| *at >= fault.injected_at_s && *at < next)
+                .map(|at| at - fault.injected_at_s)
+                .reduce(f64::min);
+            let replayed_at = |t: f64| -> u64 {
+                self.samples
+                    .iter()
+                    .zip(&self.replayed)
+                    .filter(|(sample, _)| sample.t <= t)
+                    .map(|(_, replayed)| *replayed)
+                    .next_back()
+                    .unwrap_or(0)
+            };
+            let end = next.min(self.duration);
+            fault.events_replayed =
+                replayed_at(end).saturating_sub(replayed_at(fault.injected_at_s));
+            crate::faults::measure_recovery(fault, &self.samples, stream_end);
+        }
     }
 
     fn record(
@@ -381,32 +561,28 @@ impl Recorder {
         stats: &BTreeMap<InstanceId, orchestrator::control::Stats>,
         t: f64,
     ) {
-        let previous = self.samples.last().map(|sample| sample.events.clone());
         let mut events = vec![0u64; self.stage_count];
         let mut replicas = vec![0u32; self.stage_count];
-        let mut seen = vec![false; self.stage_count];
         for record in orchestrator.instances() {
-            let stage = record.spec.id.stage.0;
+            let id = record.spec.id;
             if record.state.is_live() || record.state == InstanceState::Drained {
-                replicas[stage] += 1;
+                replicas[id.stage.0] += 1;
             }
-            if let Some(stats) = stats.get(&record.spec.id) {
-                seen[stage] = true;
-                events[stage] += if record.spec.role == Role::Source {
-                    stats.events_out
-                } else {
-                    stats.events_in
-                };
+            if let Some(stats) = stats.get(&id) {
+                let entry = self.last_counts.entry(id).or_default();
+                entry.0 = entry.0.max(stats.events_in);
+                entry.1 = entry.1.max(stats.events_out);
             }
         }
-        // A stage whose instances have all drained is no longer polled: keep its last count.
-        if let Some(previous) = previous {
-            for stage in 0..self.stage_count {
-                if !seen[stage] || events[stage] < previous[stage] {
-                    events[stage] = events[stage].max(previous[stage]);
-                }
-            }
+        // Instances that drained, failed or were removed are no longer polled; their last
+        // counts still belong to their stage.
+        for (id, (events_in, events_out)) in &self.last_counts {
+            let source = orchestrator.workflow().stage(id.stage).role == Role::Source;
+            events[id.stage.0] += if source { *events_out } else { *events_in };
         }
+        let replayed: u64 = stats.values().map(|stats| stats.replayed).sum();
+        let replayed = replayed.max(self.replayed.last().copied().unwrap_or(0));
+        self.replayed.push(replayed);
         self.samples.push(Sample { t, events, replicas });
     }
 
@@ -485,7 +661,8 @@ fn summarize(
         });
     }
 
-    let expectations = check_expectations(scenario, &events, stages.last());
+    let expectations =
+        check_expectations(scenario, &events, stages.last(), &recorder.faults, &recorder.rescales);
     if final_stats.is_empty() && errors.is_empty() {
         errors.push("no instance reported its final counters".to_string());
     }
@@ -504,6 +681,8 @@ fn summarize(
         stages,
         phases_s: phases,
         expectations,
+        faults: recorder.faults.clone(),
+        rescales: recorder.rescales.clone(),
         errors,
     }
 }
@@ -512,6 +691,8 @@ fn check_expectations(
     scenario: &Scenario,
     events: &EventCounts,
     sink: Option<&StageSummary>,
+    faults: &[FaultRecord],
+    rescales: &[RescaleRecord],
 ) -> Vec<ExpectationResult> {
     let expect = &scenario.expect;
     let mut results = vec![
@@ -545,6 +726,33 @@ fn check_expectations(
             expected: format!("at most {maximum} ms"),
             actual: format!("{actual:.1} ms"),
         });
+    }
+    if let Some(limit) = expect.max_recovery_s {
+        for fault in faults {
+            let (passed, actual) = match fault.recovered_after_s {
+                Some(seconds) => (seconds <= limit, format!("{seconds:.2} s")),
+                None => (false, "never".to_string()),
+            };
+            results.push(ExpectationResult {
+                name: format!(
+                    "recovery from {} {} at {:.1} s",
+                    fault.kind, fault.target, fault.injected_at_s
+                ),
+                passed,
+                expected: format!("at most {limit} s"),
+                actual,
+            });
+        }
+    }
+    if let Some(limit) = expect.max_rescale_steps {
+        for rescale in rescales.iter().filter(|rescale| !rescale.automatic) {
+            results.push(ExpectationResult {
+                name: format!("rescale of {} to {}", rescale.stage, rescale.to),
+                passed: rescale.steps <= limit,
+                expected: format!("at most {limit} steps"),
+                actual: rescale.steps.to_string(),
+            });
+        }
     }
     results
 }
@@ -595,6 +803,35 @@ fn write_artifacts(
             name: format!("{scenario}/latency_p99"),
             unit: "ms".into(),
             value: sink.latency_ms.p99,
+        });
+    }
+    for (index, fault) in summary.faults.iter().enumerate() {
+        let prefix = format!("{scenario}/fault{index}_{}", fault.kind);
+        if let Some(detected) = fault.detected_after_s {
+            benchmarks.push(Benchmark {
+                name: format!("{prefix}/detection"),
+                unit: "s".into(),
+                value: detected,
+            });
+        }
+        if let Some(recovered) = fault.recovered_after_s {
+            benchmarks.push(Benchmark {
+                name: format!("{prefix}/recovery"),
+                unit: "s".into(),
+                value: recovered,
+            });
+        }
+        benchmarks.push(Benchmark {
+            name: format!("{prefix}/events_replayed"),
+            unit: "events".into(),
+            value: fault.events_replayed as f64,
+        });
+    }
+    for (index, rescale) in summary.rescales.iter().enumerate() {
+        benchmarks.push(Benchmark {
+            name: format!("{scenario}/rescale{index}_{}/settled", rescale.stage),
+            unit: "s".into(),
+            value: rescale.settled_after_s,
         });
     }
     write_json(&run_dir.join("benchmarks.json"), &benchmarks)?;

@@ -11,9 +11,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orchestrator::backend::{Backend, BackendError, InstanceEndpoints, InstanceSpec};
+use std::collections::BTreeSet;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use orchestrator::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
 use orchestrator::control::{ReadyLine, Role};
-use orchestrator::model::{InstanceId, Topology};
+use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tracing::{debug, warn};
@@ -31,10 +35,15 @@ pub struct ProcessBackend {
     token: String,
     log_dir: PathBuf,
     children: BTreeMap<InstanceId, Running>,
+    /// Nodes of each cluster, known after provisioning.
+    clusters: BTreeMap<ClusterId, Vec<NodeId>>,
+    /// Nodes that were killed, lost, frozen or cut off; the orchestrator gets them as down.
+    down_nodes: BTreeSet<NodeId>,
 }
 
 struct Running {
     name: String,
+    node: NodeId,
     child: Child,
     exit: Option<String>,
 }
@@ -47,7 +56,27 @@ impl ProcessBackend {
             token: token.to_string(),
             log_dir: log_dir.to_path_buf(),
             children: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            down_nodes: BTreeSet::new(),
         }
+    }
+
+    /// Sends `signal` to every running instance on `node`.
+    fn signal_node(&mut self, node: NodeId, signal: Signal) {
+        for running in self.children.values_mut().filter(|running| running.node == node) {
+            if running.exit.is_some() {
+                continue;
+            }
+            if let Some(pid) = running.child.id() {
+                if let Err(error) = kill(Pid::from_raw(pid as i32), signal) {
+                    debug!(instance = %running.name, %error, ?signal, "signal failed");
+                }
+            }
+        }
+    }
+
+    fn nodes_of(&self, cluster: ClusterId) -> Vec<NodeId> {
+        self.clusters.get(&cluster).cloned().unwrap_or_default()
     }
 }
 
@@ -95,7 +124,9 @@ impl Backend for ProcessBackend {
         "process"
     }
 
-    async fn provision(&mut self, _topology: &Topology) -> Result<(), BackendError> {
+    async fn provision(&mut self, topology: &Topology) -> Result<(), BackendError> {
+        self.clusters =
+            topology.clusters().iter().map(|cluster| (cluster.id, cluster.nodes.clone())).collect();
         std::fs::create_dir_all(&self.log_dir).map_err(|error| BackendError::Provision {
             what: format!("log folder {}", self.log_dir.display()),
             reason: error.to_string(),
@@ -167,7 +198,7 @@ impl Backend for ProcessBackend {
         // so that a stray print never blocks it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         debug!(instance = %name, pid = ready.pid, data_port = ready.data_port, "instance ready line");
-        self.children.insert(spec.id, Running { name, child, exit: None });
+        self.children.insert(spec.id, Running { name, node: spec.node, child, exit: None });
         Ok(InstanceEndpoints {
             control_url: format!("http://127.0.0.1:{}", ready.control_port),
             data_addr: format!("127.0.0.1:{}", ready.data_port),
@@ -180,7 +211,10 @@ impl Backend for ProcessBackend {
         if running.exit.is_some() {
             return Ok(());
         }
-        let exited = tokio::time::timeout(EXIT_GRACE, running.child.wait()).await;
+        // A frozen or cut-off instance cannot exit by itself: kill it at once.
+        let grace =
+            if self.down_nodes.contains(&running.node) { Duration::ZERO } else { EXIT_GRACE };
+        let exited = tokio::time::timeout(grace, running.child.wait()).await;
         match exited {
             Ok(Ok(status)) => running.exit = Some(status.to_string()),
             _ => {
@@ -226,6 +260,57 @@ impl Backend for ProcessBackend {
 
     fn log_dir(&self) -> Option<PathBuf> {
         Some(self.log_dir.clone())
+    }
+
+    async fn node_alive(&mut self, node: NodeId) -> bool {
+        !self.down_nodes.contains(&node)
+    }
+
+    /// Emulates faults with signals: a killed node is SIGKILL for its instances, a frozen
+    /// node SIGSTOP until resumed with SIGCONT. A partition freezes every node of the
+    /// cluster, which from outside looks the same as a cut network: no heartbeats and no
+    /// data. The instances share one host, so no real link can be cut.
+    async fn inject(&mut self, fault: Fault) -> Result<(), BackendError> {
+        match fault {
+            Fault::KillInstance(id) => {
+                let running =
+                    self.children.get_mut(&id).ok_or_else(|| BackendError::Unsupported {
+                        fault: format!("kill_instance of unknown instance {id}"),
+                        backend: "process".into(),
+                    })?;
+                running.child.start_kill().map_err(|error| BackendError::Stop {
+                    instance: running.name.clone(),
+                    reason: error.to_string(),
+                })?;
+            }
+            Fault::KillNode(node) => {
+                self.down_nodes.insert(node);
+                self.signal_node(node, Signal::SIGKILL);
+            }
+            Fault::PauseNode(node) => {
+                self.down_nodes.insert(node);
+                self.signal_node(node, Signal::SIGSTOP);
+            }
+            Fault::ResumeNode(node) => self.signal_node(node, Signal::SIGCONT),
+            Fault::Partition(cluster) => {
+                for node in self.nodes_of(cluster) {
+                    self.down_nodes.insert(node);
+                    self.signal_node(node, Signal::SIGSTOP);
+                }
+            }
+            Fault::Heal(cluster) => {
+                for node in self.nodes_of(cluster) {
+                    self.signal_node(node, Signal::SIGCONT);
+                }
+            }
+            Fault::LoseCluster(cluster) => {
+                for node in self.nodes_of(cluster) {
+                    self.down_nodes.insert(node);
+                    self.signal_node(node, Signal::SIGKILL);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
