@@ -1,13 +1,21 @@
 //! Finding and removing what killed runs left behind.
 //!
 //! Every instance process carries `TESTBED_RUN_ID` and `TESTBED_HARNESS_PID` in its
-//! environment. A process whose harness no longer exists is left over.
+//! environment. A process whose harness no longer exists is left over. The docker backend's
+//! containers and networks carry the same facts as labels instead.
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use testcontainers::bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptions,
+};
+use tracing::warn;
 
+use crate::backends::docker::engine::{self, Labelled, Removed};
+use crate::backends::docker::labels;
 use crate::backends::{HARNESS_PID_ENV, RUN_ID_ENV};
 
 /// An instance process whose harness is gone.
@@ -56,4 +64,97 @@ pub fn kill_processes(processes: &[LeftoverProcess]) -> usize {
 
 fn process_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+// Docker leftovers. Every container and network of the docker backend carries the labels of
+// `backends::docker::labels`; one whose harness pid no longer runs on this host is left over.
+
+/// Containers and networks of docker runs whose harness process no longer exists.
+#[derive(Debug, Default)]
+pub struct DockerLeftovers {
+    /// Names of the containers, running or not.
+    pub containers: Vec<String>,
+    /// Names of the networks.
+    pub networks: Vec<String>,
+    /// Run ids they belong to.
+    pub runs: BTreeSet<String>,
+    labelled: Labelled,
+}
+
+impl DockerLeftovers {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.networks.is_empty()
+    }
+}
+
+/// Lists the Docker containers and networks of runs whose harness is gone. Only resources
+/// labelled with this host's name are judged, because a pid means nothing on another host.
+/// Returns an error message when the engine cannot be reached.
+pub async fn docker_leftovers() -> Result<DockerLeftovers, String> {
+    let docker = engine::connect().await.map_err(|error| error.to_string())?;
+    let labelled = engine::list_labelled(&docker, labels::HARNESS_PID).await?;
+    let host = crate::artifacts::host_name();
+    let is_leftover = |resource_labels: Option<&HashMap<String, String>>| {
+        let Some(resource_labels) = resource_labels else { return false };
+        let same_host = resource_labels.get(labels::HARNESS_HOST).is_none_or(|name| *name == host);
+        let harness_gone = resource_labels
+            .get(labels::HARNESS_PID)
+            .and_then(|pid| pid.parse::<i32>().ok())
+            .is_some_and(|pid| !process_exists(pid));
+        same_host && harness_gone
+    };
+    let mut leftovers = DockerLeftovers::default();
+    for container in labelled.containers {
+        if is_leftover(container.labels.as_ref()) {
+            let name = container.names.as_ref().and_then(|names| names.first()).cloned();
+            leftovers.containers.push(name.unwrap_or_default().trim_start_matches('/').to_string());
+            leftovers.runs.extend(run_id_label(container.labels.as_ref()));
+            leftovers.labelled.containers.push(container);
+        }
+    }
+    for network in labelled.networks {
+        if is_leftover(network.labels.as_ref()) {
+            leftovers.networks.push(network.name.clone().unwrap_or_default());
+            leftovers.runs.extend(run_id_label(network.labels.as_ref()));
+            leftovers.labelled.networks.push(network);
+        }
+    }
+    Ok(leftovers)
+}
+
+/// Removes the listed containers, then the listed networks.
+pub async fn remove_docker_leftovers(leftovers: &DockerLeftovers) -> Result<Removed, String> {
+    let docker = engine::connect().await.map_err(|error| error.to_string())?;
+    Ok(engine::remove(&docker, &leftovers.labelled).await)
+}
+
+/// Removes node images that no container uses, except the newest one, which the next run is
+/// likely to reuse. Returns the references of the removed images.
+pub async fn remove_unused_images() -> Result<Vec<String>, String> {
+    let docker = engine::connect().await.map_err(|error| error.to_string())?;
+    let filters = HashMap::from([("label", vec![labels::MANAGED])]);
+    let mut images = docker
+        .list_images(Some(ListImagesOptionsBuilder::new().filters(&filters).build()))
+        .await
+        .map_err(|error| format!("cannot list images: {error}"))?;
+    let containers = docker
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
+        .await
+        .map_err(|error| format!("cannot list containers: {error}"))?;
+    let used: BTreeSet<String> =
+        containers.into_iter().filter_map(|container| container.image_id).collect();
+    images.sort_by_key(|image| std::cmp::Reverse(image.created));
+    let mut removed = Vec::new();
+    for image in images.iter().skip(1).filter(|image| !used.contains(&image.id)) {
+        let reference = image.repo_tags.first().cloned().unwrap_or_else(|| image.id.clone());
+        match docker.remove_image(&image.id, None::<RemoveImageOptions>, None).await {
+            Ok(_) => removed.push(reference),
+            Err(error) => warn!(image = %reference, %error, "cannot remove an old node image"),
+        }
+    }
+    Ok(removed)
+}
+
+fn run_id_label(resource_labels: Option<&HashMap<String, String>>) -> Option<String> {
+    resource_labels.and_then(|all| all.get(labels::RUN_ID)).cloned()
 }

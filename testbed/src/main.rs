@@ -1,12 +1,15 @@
 //! `testbed`: the harness behind `cargo xtask testbed`, `bench` and `clean`.
 //!
-//! Exit codes: 0 every expectation held; 1 an expectation failed or the run broke down;
-//! 2 invalid input or an unusable environment; 130 interrupted.
+//! Exit codes: 0 every expectation held; 1 an expectation failed or the run broke down (for
+//! `bench compare`, a metric regressed); 2 invalid input or an unusable environment;
+//! 130 interrupted.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use testbed::bench::compare::{self, BenchmarkEntry};
+use testbed::bench::dataplane::DataplaneFigures;
 use testbed::run::{self, BackendKind, Inputs, RunConfig, RunError};
 
 #[derive(Parser)]
@@ -24,8 +27,10 @@ struct Cli {
 enum Command {
     /// Run a scenario end to end: provision, deploy, stream, check, tear down, write artifacts.
     Run(RunArgs),
-    /// Run a benchmark suite and print its figures.
+    /// Run a benchmark suite and print its figures, or compare two benchmarks.json files.
     Bench(BenchArgs),
+    /// Print a run's summary.json for people: `--markdown` for a CI job summary.
+    Summary(SummaryArgs),
     /// Remove processes that killed runs left behind.
     Clean,
 }
@@ -59,10 +64,21 @@ struct RunArgs {
     /// Print only the result line.
     #[arg(short, long)]
     quiet: bool,
+    /// With `--backend ersap`: HOST:PORT of a running ERSAP front end (loopback only) to use
+    /// instead of starting one.
+    #[arg(long, value_name = "HOST:PORT")]
+    ersap_fe: Option<String>,
+    /// With `--backend sim`: seed of the simulation's random choices; the same seed gives
+    /// the same result.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// Suite to run.
     #[arg(long, value_enum, default_value = "dataplane")]
     suite: Suite,
@@ -72,15 +88,66 @@ struct BenchArgs {
     /// Event payload size in bytes.
     #[arg(long, default_value_t = 1024)]
     event_size: u32,
+    /// Backend the suite provisions its instances on.
+    #[arg(long, value_enum, default_value = "process")]
+    backend: BackendKind,
+    /// Times to run the suite; benchmarks.json keeps every value and their median.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repetitions: u32,
+    /// Folder to write benchmarks.json into (github-action-benchmark's format).
+    #[arg(long)]
+    output: Option<PathBuf>,
     /// Path of the `mock-ersap` binary; by default the one next to this program.
     #[arg(long, env = "TESTBED_MOCK_BIN")]
     mock_bin: Option<PathBuf>,
+    /// Topology whose networks and node containers the provision suite creates.
+    #[arg(long, default_value = "fixtures/topologies/three-sites.yaml")]
+    topology: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Compare a candidate benchmarks.json with a baseline and print a Markdown table.
+    /// Exits 1 when a metric regressed beyond the threshold and beyond noise.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Earlier benchmarks.json, such as the last nightly's.
+    #[arg(long)]
+    baseline: PathBuf,
+    /// New benchmarks.json to check against the baseline.
+    #[arg(long)]
+    candidate: PathBuf,
+    /// Relative change, in percent, that a change must exceed to count.
+    #[arg(long, default_value_t = testbed::bench::compare::DEFAULT_THRESHOLD_PERCENT)]
+    threshold: f64,
+    /// Exit 0 even when a metric regressed (for pull requests).
+    #[arg(long)]
+    warn_only: bool,
+}
+
+#[derive(Args)]
+struct SummaryArgs {
+    /// Print Markdown, as GitHub job summaries render it.
+    #[arg(long, required = true)]
+    markdown: bool,
+    /// Run folder that contains summary.json, such as target/testbed/latest.
+    run_folder: PathBuf,
+    /// Link to the run's uploaded artifacts; by default the GitHub Actions run page when
+    /// GITHUB_SERVER_URL, GITHUB_REPOSITORY and GITHUB_RUN_ID are set.
+    #[arg(long)]
+    artifacts_url: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Suite {
     /// Events/s and MB/s of a zero-cost source, processor and sink chain against raw loopback TCP.
     Dataplane,
+    /// Seconds to provision the topology's networks and node containers on Docker, against
+    /// `docker compose up -d` of the same (always on Docker; reads --topology).
+    Provision,
 }
 
 fn main() -> ExitCode {
@@ -93,9 +160,23 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        // The simulation runs in virtual time, on a single thread with a paused clock.
+        Command::Run(args) if args.backend == BackendKind::Sim => {
+            match testbed::backends::sim::runtime() {
+                Ok(runtime) => runtime.block_on(run_command(args)),
+                Err(error) => {
+                    eprintln!("error: cannot start the simulation runtime: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run(args) => runtime.block_on(run_command(args)),
+        Command::Bench(BenchArgs { command: Some(BenchCommand::Compare(args)), .. }) => {
+            compare_command(&args)
+        }
         Command::Bench(args) => runtime.block_on(bench_command(args)),
-        Command::Clean => clean_command(),
+        Command::Summary(args) => summary_command(&args),
+        Command::Clean => runtime.block_on(clean_command()),
     }
 }
 
@@ -109,6 +190,8 @@ async fn run_command(args: RunArgs) -> ExitCode {
         output: args.output,
         mock_bin: args.mock_bin.unwrap_or_else(|| sibling_binary("mock-ersap")),
         quiet: args.quiet,
+        ersap_fe: args.ersap_fe,
+        seed: args.seed,
     };
     let inputs = match Inputs::load(&config) {
         Ok(inputs) => inputs,
@@ -120,6 +203,13 @@ async fn run_command(args: RunArgs) -> ExitCode {
             "warning: {} instance processes of killed runs are still running; remove them with \
              `cargo xtask clean`",
             leftovers.len()
+        );
+    }
+    let docker_leftovers = docker_leftover_count().await;
+    if docker_leftovers > 0 {
+        eprintln!(
+            "warning: {docker_leftovers} Docker containers and networks of killed runs remain; \
+             remove them with `cargo xtask clean`"
         );
     }
     let run_id = run::new_run_id();
@@ -178,40 +268,244 @@ fn report_error(error: &RunError) -> ExitCode {
 }
 
 async fn bench_command(args: BenchArgs) -> ExitCode {
-    let mock_bin = args.mock_bin.unwrap_or_else(|| sibling_binary("mock-ersap"));
+    let mock_bin = args.mock_bin.clone().unwrap_or_else(|| sibling_binary("mock-ersap"));
     match args.suite {
+        Suite::Provision => {
+            provision_bench(&args.topology, args.repetitions, args.output.as_deref()).await
+        }
         Suite::Dataplane => {
+            if args.backend != BackendKind::Process {
+                eprintln!(
+                    "error: the dataplane suite measures local processes on loopback only; \
+                     run it with --backend process"
+                );
+                return ExitCode::from(2);
+            }
             eprintln!(
                 "dataplane: {} events of {} bytes through source -> processor -> sink, and raw loopback TCP",
                 args.events, args.event_size
             );
-            match testbed::bench::dataplane::run(&mock_bin, args.events, args.event_size).await {
-                Ok(figures) => {
-                    println!("loopback TCP      {:>10.1} MB/s", figures.loopback_mb_s);
-                    println!(
-                        "chain             {:>10.1} MB/s  {:>12.0} events/s",
-                        figures.chain_mb_s, figures.chain_events_s
-                    );
-                    println!("chain / loopback  {:>10.2}", figures.ratio());
-                    ExitCode::SUCCESS
+            let mut runs = Vec::new();
+            for repetition in 1..=args.repetitions {
+                let figures =
+                    testbed::bench::dataplane::run(&mock_bin, args.events, args.event_size).await;
+                let figures = match figures {
+                    Ok(figures) => figures,
+                    Err(error) => {
+                        eprintln!("error: {error:#}");
+                        return ExitCode::from(1);
+                    }
+                };
+                if args.repetitions > 1 {
+                    println!("repetition {repetition} of {}", args.repetitions);
                 }
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::from(1)
-                }
+                println!("loopback TCP      {:>10.1} MB/s", figures.loopback_mb_s);
+                println!(
+                    "chain             {:>10.1} MB/s  {:>12.0} events/s",
+                    figures.chain_mb_s, figures.chain_events_s
+                );
+                println!("chain / loopback  {:>10.2}", figures.ratio());
+                runs.push(figures);
             }
+            write_benchmarks(args.output.as_deref(), &dataplane_benchmarks(&runs))
         }
     }
 }
 
-fn clean_command() -> ExitCode {
+/// The provision suite: the docker backend against Compose, `repetitions` times.
+async fn provision_bench(topology: &Path, repetitions: u32, output: Option<&Path>) -> ExitCode {
+    use testbed::bench::provision::{self, Setup};
+    let setup = match Setup::new(topology) {
+        Ok(setup) => setup,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let file = topology;
+    let topology = setup.topology();
+    eprintln!(
+        "provision: {} ({} clusters, {} nodes, {} networks) with the docker backend and `{}`, \
+         {} repetitions",
+        file.display(),
+        topology.clusters().len(),
+        topology.nodes().len(),
+        topology.clusters().len() + 1,
+        setup.compose_command(),
+        repetitions
+    );
+    if repetitions < 3 {
+        eprintln!("note: a median of fewer than 3 repetitions is noisy; pass --repetitions 5");
+    }
+    let mut runs = Vec::new();
+    for repetition in 1..=repetitions {
+        let figures = match setup.measure(repetition % 2 == 0).await {
+            Ok(figures) => figures,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::from(1);
+            }
+        };
+        println!(
+            "repetition {repetition}: testbed {:.2} s up, {:.2} s down; compose {:.2} s up, \
+             {:.2} s down",
+            figures.testbed_up_s,
+            figures.testbed_down_s,
+            figures.compose_up_s,
+            figures.compose_down_s
+        );
+        runs.push(figures);
+    }
+    let entries = provision::benchmarks(&runs);
+    for entry in &entries {
+        println!("{:<34} {:>8.3} {}", entry.name, entry.value, entry.unit);
+    }
+    write_benchmarks(output, &entries)
+}
+
+fn dataplane_benchmarks(runs: &[DataplaneFigures]) -> Vec<BenchmarkEntry> {
+    let series = |figure: fn(&DataplaneFigures) -> f64| runs.iter().map(figure).collect::<Vec<_>>();
+    vec![
+        BenchmarkEntry::from_repetitions(
+            "dataplane/chain_throughput",
+            "events/s",
+            &series(|figures| figures.chain_events_s),
+        ),
+        BenchmarkEntry::from_repetitions(
+            "dataplane/chain_bandwidth",
+            "MB/s",
+            &series(|figures| figures.chain_mb_s),
+        ),
+        BenchmarkEntry::from_repetitions(
+            "dataplane/loopback_bandwidth",
+            "MB/s",
+            &series(|figures| figures.loopback_mb_s),
+        ),
+        BenchmarkEntry::from_repetitions(
+            "dataplane/chain_to_loopback",
+            "ratio",
+            &series(DataplaneFigures::ratio),
+        ),
+    ]
+}
+
+/// Writes `<output>/benchmarks.json` when `--output` was given.
+fn write_benchmarks(output: Option<&Path>, entries: &[BenchmarkEntry]) -> ExitCode {
+    let Some(folder) = output else { return ExitCode::SUCCESS };
+    let path = folder.join("benchmarks.json");
+    let written =
+        std::fs::create_dir_all(folder).and_then(|()| compare::write_file(&path, entries));
+    match written {
+        Ok(()) => {
+            eprintln!("benchmarks: {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: cannot write {}: {error}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn compare_command(args: &CompareArgs) -> ExitCode {
+    let comparison = compare::read_file(&args.baseline).and_then(|baseline| {
+        let candidate = compare::read_file(&args.candidate)?;
+        compare::compare(&baseline, &candidate, args.threshold)
+    });
+    let comparison = match comparison {
+        Ok(comparison) => comparison,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", comparison.to_markdown());
+    let regressions: Vec<&str> =
+        comparison.regressions().map(|metric| metric.name.as_str()).collect();
+    if regressions.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "{} {} regressed beyond {}%: {}",
+        if args.warn_only { "warning:" } else { "error:" },
+        if regressions.len() == 1 { "metric" } else { "metrics" },
+        args.threshold,
+        regressions.join(", ")
+    );
+    if args.warn_only { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+fn summary_command(args: &SummaryArgs) -> ExitCode {
+    let artifacts_url =
+        args.artifacts_url.clone().or_else(testbed::report_markdown::github_run_url);
+    match testbed::report_markdown::render_run_folder(&args.run_folder, artifacts_url.as_deref()) {
+        Ok(markdown) => {
+            print!("{markdown}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn clean_command() -> ExitCode {
     let leftovers = testbed::clean::leftover_processes();
     let killed = testbed::clean::kill_processes(&leftovers);
     let mut runs: Vec<&str> = leftovers.iter().map(|process| process.run_id.as_str()).collect();
     runs.sort_unstable();
     runs.dedup();
     println!("removed {killed} leftover instance processes of {} runs", runs.len());
-    ExitCode::SUCCESS
+    clean_docker().await
+}
+
+/// Removes the Docker containers, networks and old node images of killed runs. An engine that
+/// cannot be reached is reported and skipped: the process cleanup above needs no Docker.
+async fn clean_docker() -> ExitCode {
+    let leftovers = match testbed::clean::docker_leftovers().await {
+        Ok(leftovers) => leftovers,
+        Err(error) => {
+            println!("skipped Docker: {}", error.lines().next().unwrap_or_default());
+            return ExitCode::SUCCESS;
+        }
+    };
+    let removed = match testbed::clean::remove_docker_leftovers(&leftovers).await {
+        Ok(removed) => removed,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "removed {} leftover containers and {} networks of {} docker runs",
+        removed.containers,
+        removed.networks,
+        leftovers.runs.len()
+    );
+    match testbed::clean::remove_unused_images().await {
+        Ok(images) if !images.is_empty() => {
+            println!("removed {} unused node images: {}", images.len(), images.join(", "));
+        }
+        Ok(_) => {}
+        Err(error) => eprintln!("warning: {error}"),
+    }
+    if removed.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: some leftovers remain: {}", removed.failures.join("; "));
+        ExitCode::from(1)
+    }
+}
+
+/// Counts the Docker containers and networks of killed runs, for the warning at run start.
+/// Gives up after two seconds, and is silent when no engine answers.
+async fn docker_leftover_count() -> usize {
+    let timeout = std::time::Duration::from_secs(2);
+    match tokio::time::timeout(timeout, testbed::clean::docker_leftovers()).await {
+        Ok(Ok(leftovers)) => leftovers.containers.len() + leftovers.networks.len(),
+        _ => 0,
+    }
 }
 
 fn sibling_binary(name: &str) -> PathBuf {

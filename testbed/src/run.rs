@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Phases are timed with tokio's clock, which is virtual time on the `sim` backend.
+use tokio::time::Instant;
 
 use orchestrator::InputError;
 use orchestrator::backend::Fault;
@@ -23,6 +26,7 @@ use crate::artifacts::{
 };
 use crate::backends::RunLabels;
 use crate::backends::docker::DockerBackend;
+use crate::backends::ersap::ErsapBackend;
 use crate::backends::process::ProcessBackend;
 use crate::faults::{FaultRecord, RescaleRecord};
 use crate::progress::Progress;
@@ -42,6 +46,10 @@ pub enum BackendKind {
     Process,
     /// One Docker network per cluster and one container per node, from a locally built image.
     Docker,
+    /// Local processes that are ERSAP DPEs, deployed and watched over xMsg.
+    Ersap,
+    /// A deterministic simulation in virtual time; `--seed` fixes its randomness.
+    Sim,
 }
 
 impl BackendKind {
@@ -49,6 +57,8 @@ impl BackendKind {
         match self {
             BackendKind::Process => "process",
             BackendKind::Docker => "docker",
+            BackendKind::Ersap => "ersap",
+            BackendKind::Sim => "sim",
         }
     }
 }
@@ -65,6 +75,10 @@ pub struct RunConfig {
     pub output: PathBuf,
     pub mock_bin: PathBuf,
     pub quiet: bool,
+    /// `ersap` backend: `HOST:PORT` of a running front end to use instead of starting one.
+    pub ersap_fe: Option<String>,
+    /// `sim` backend: seed of its random choices.
+    pub seed: u64,
 }
 
 /// How a run ended; each maps to an exit code.
@@ -143,9 +157,17 @@ pub async fn execute(
     let labels = RunLabels { run_id: run_id.to_string(), harness_pid: std::process::id() };
     let log_dir = run_dir.join("logs");
     let backend: Box<dyn orchestrator::backend::Backend> = match config.backend {
+        BackendKind::Sim => Box::new(crate::backends::sim::SimBackend::new(config.seed, &log_dir)),
         BackendKind::Process => {
             Box::new(ProcessBackend::new(&config.mock_bin, labels, &token, &log_dir))
         }
+        BackendKind::Ersap => Box::new(ErsapBackend::new(
+            &config.mock_bin,
+            labels,
+            &token,
+            &log_dir,
+            config.ersap_fe.clone(),
+        )),
         BackendKind::Docker => {
             // Connecting and preparing the node image come before the run: an engine that
             // cannot be reached or an image that cannot be built is an unusable environment.
@@ -298,7 +320,7 @@ async fn drive(
 
     let total = scenario.stream.events;
     let phase = progress.phase("stream", Some(total), "events");
-    let stream_start = tokio::time::Instant::now();
+    let stream_start = Instant::now();
     if let Err(error) = orchestrator.start_stream().await {
         phase.failed(error.to_string());
         return Err(format!("start: {error}"));
@@ -421,7 +443,7 @@ async fn apply_action(
     action: &Action,
     now_s: f64,
     recorder: &mut Recorder,
-    stream_start: tokio::time::Instant,
+    stream_start: Instant,
 ) -> Result<(), String> {
     let topology = orchestrator.topology();
     let node = |name: &str| topology.node_by_name(name).map(|node| node.id);
@@ -439,7 +461,7 @@ async fn apply_action(
                 ScaleChange::To(to) => *to,
                 ScaleChange::By(by) => (i64::from(from) + by).max(1) as u32,
             };
-            let started = tokio::time::Instant::now();
+            let started = Instant::now();
             let reached = orchestrator.rescale(id, to).await.map_err(|error| error.to_string())?;
             recorder.rescales.push(RescaleRecord {
                 stage: stage.clone(),

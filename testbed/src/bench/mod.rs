@@ -1,6 +1,10 @@
 //! Benchmarks run by `cargo xtask bench`.
 //!
+//! - [`compare`]: a candidate `benchmarks.json` against a baseline, with a Markdown table.
 //! - [`dataplane`]: raw loopback TCP throughput against a source → processor → sink chain of
 //!   `mock-ersap` processes.
+//! - [`provision`]: the docker backend's provisioning of a topology against Compose.
 
+pub mod compare;
 pub mod dataplane;
+pub mod provision;

@@ -4,6 +4,7 @@
 //! arguments or environment (a missing `TESTBED_TOKEN`, a port already in use); 1 for a
 //! failure while running.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -12,10 +13,18 @@ use testbed::instance::{self, Args, InstanceError, TOKEN_ENV};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The docker backend's node containers run this binary as their idle main process.
+    if testbed::backends::docker::agent::requested() {
+        return testbed::backends::docker::agent::run();
+    }
+    if testbed::instance::xmsg_dpe::front_end_requested() {
+        return testbed::instance::xmsg_dpe::run_front_end();
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let role = args.role;

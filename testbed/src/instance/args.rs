@@ -25,7 +25,7 @@ pub struct Args {
     )]
     pub role: Role,
 
-    /// Run id; labels every log line and is the DPE session in reports.
+    /// Run id, which labels every log line and is the DPE session in reports.
     #[arg(long)]
     pub run_id: String,
 
@@ -45,11 +45,11 @@ pub struct Args {
     #[arg(long)]
     pub engine_name: Option<String>,
 
-    /// Name of the ERSAP container that holds the service.
+    /// Name of the ERSAP container that contains the service.
     #[arg(long, default_value = "testbed")]
     pub container: String,
 
-    /// Language of the emulated DPE; part of its canonical name.
+    /// Language of the emulated DPE, part of its canonical name.
     #[arg(long, value_enum, default_value_t = Lang::Java)]
     pub lang: Lang,
 
@@ -70,11 +70,11 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
 
-    /// TCP port for inbound events; 0 picks a free port.
+    /// TCP port for inbound events (0 = any free port).
     #[arg(long, default_value_t = 0)]
     pub data_port: u16,
 
-    /// TCP port of the HTTP control API; 0 picks a free port.
+    /// TCP port of the HTTP control API (0 = any free port).
     #[arg(long, default_value_t = 0)]
     pub control_port: u16,
 
@@ -87,7 +87,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub events: u64,
 
-    /// Source: first sequence number; the source emits seq-start .. seq-start + events.
+    /// Source: first sequence number. The source emits seq-start .. seq-start + events - 1.
     #[arg(long, default_value_t = 0)]
     pub seq_start: u64,
 
@@ -95,7 +95,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1024)]
     pub event_size: u32,
 
-    /// Source: emission rate in events per second; 0 emits as fast as the links allow.
+    /// Source: emission rate in events per second (0 = as fast as the links allow).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
 
@@ -112,11 +112,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: u32,
 
-    /// Processor: payload size of each output event, in bytes; 0 keeps the input size.
+    /// Processor: payload size of each output event, in bytes (0 = same as the input).
     #[arg(long, default_value_t = 0)]
     pub output_size: u32,
 
-    /// PID of the harness; the instance exits within 1 s after that process is gone.
+    /// PID of the harness. The instance exits within 1 s after that process is gone.
     #[arg(long)]
     pub harness_pid: Option<u32>,
 
@@ -125,9 +125,19 @@ pub struct Args {
     pub report_period_s: u64,
 
     /// The service's ERSAP configuration as JSON (global section merged with its own). It is
-    /// only recorded and shown in the report; addresses in it are never contacted.
+    /// only recorded and shown in the report. Addresses in it are never contacted.
     #[arg(long)]
     pub config_json: Option<String>,
+
+    /// HOST:PORT of an ERSAP front end (loopback only). The instance then also runs as a
+    /// worker DPE over xMsg: it registers with the front end and reports to it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub xmsg_fe: Option<String>,
+
+    /// With --xmsg-fe: base port of the instance's xMsg proxy, which takes PORT .. PORT+2
+    /// (0 = free ports).
+    #[arg(long, default_value_t = 0)]
+    pub xmsg_port: u16,
 }
 
 /// Language of the emulated DPE.
@@ -148,7 +158,7 @@ impl Lang {
     }
 }
 
-/// How a processor spends its modelled cost.
+/// Way a processor spends its modelled cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CostMode {
     /// Spin on the clock, keeping a CPU busy as real reconstruction code would.
@@ -157,7 +167,13 @@ pub enum CostMode {
     Sleep,
 }
 
-/// Largest `--event-size` and `--output-size` accepted, in bytes.
+/// Minimum nonzero `--rate`, in events per second (one event every 1000 s).
+pub const MIN_RATE: f64 = 0.001;
+
+/// Maximum `--cost-ns-per-byte`: one second per byte.
+pub const MAX_COST_NS_PER_BYTE: f64 = 1e9;
+
+/// Maximum `--event-size` and `--output-size` accepted, in bytes.
 pub const MAX_EVENT_SIZE: u32 = 64 * 1024 * 1024;
 
 impl Args {
@@ -169,11 +185,14 @@ impl Args {
         if !self.rate.is_finite() || self.rate < 0.0 {
             return invalid("--rate", self.rate.to_string(), "must be a finite number >= 0");
         }
-        if !self.cost_ns_per_byte.is_finite() || self.cost_ns_per_byte < 0.0 {
+        if self.rate > 0.0 && self.rate < MIN_RATE {
+            return invalid("--rate", self.rate.to_string(), "must be 0 or at least 0.001");
+        }
+        if !(0.0..=MAX_COST_NS_PER_BYTE).contains(&self.cost_ns_per_byte) {
             return invalid(
                 "--cost-ns-per-byte",
                 self.cost_ns_per_byte.to_string(),
-                "must be a finite number >= 0",
+                "must be between 0 and 1e9 (one second per byte)",
             );
         }
         for (name, size) in [("--event-size", self.event_size), ("--output-size", self.output_size)]
@@ -215,7 +234,8 @@ impl Args {
         }
     }
 
-    /// Whether the instance runs as a local process, which limits its targets to loopback.
+    /// Returns whether the instance runs as a local process, which limits its targets to
+    /// loopback addresses.
     pub fn is_process_mode(&self) -> bool {
         self.bind.is_loopback()
     }
@@ -269,6 +289,8 @@ mod tests {
     fn invalid_values_are_rejected_by_validate() {
         let cases: &[(&[&str], &str)] = &[
             (&["--rate=-1"], "--rate"),
+            (&["--rate", "1e-9"], "--rate"),
+            (&["--cost-ns-per-byte", "1e12"], "--cost-ns-per-byte"),
             (&["--cost-ns-per-byte", "NaN"], "--cost-ns-per-byte"),
             (&["--event-size", "100000000"], "--event-size"),
             (&["--seq-start", "18446744073709551615", "--events", "2"], "--events"),

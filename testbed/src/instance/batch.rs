@@ -15,7 +15,7 @@ pub const BATCH_BYTES: usize = 256 * 1024;
 /// Encoded frames ready to be written to one connection.
 #[derive(Debug)]
 pub struct Batch {
-    /// Storage; only `data[..len]` holds frames. The storage keeps its length between uses so
+    /// Storage, of which only `data[..len]` contains frames. The storage keeps its length between uses so
     /// that a source can reuse the payload bytes already in it.
     pub data: Vec<u8>,
     pub len: usize,
@@ -23,7 +23,7 @@ pub struct Batch {
     pub events: u64,
     /// Payload bytes of those frames, headers excluded.
     pub payload_bytes: u64,
-    /// When the batch was handed to a link; the link adds its latency to this instant.
+    /// Instant at which the batch was handed to a link. The link adds its latency to it.
     pub sent_at: Instant,
 }
 

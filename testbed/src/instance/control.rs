@@ -29,10 +29,10 @@ use super::report::{self, CanonicalNames};
 use super::stats::{self, Counters};
 use super::{InstanceError, Shared, Signals};
 
-/// Longest wait for requests in flight once the instance is told to stop.
+/// Maximum wait for requests in flight once shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// Starts the control thread; it returns when the server has shut down.
+/// Starts the control thread, which returns when the server has shut down.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -62,6 +62,7 @@ async fn serve(
     if signals == Signals::Handle {
         tokio::spawn(stop_on_signal(shutdown.clone()));
     }
+    tokio::spawn(log_periodic_reports(Arc::clone(&shared)));
     let server = axum::serve(listener, router(shared))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
@@ -97,6 +98,29 @@ async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {
     };
     info!(signal = name, "signal received; stopping");
     shutdown.cancel();
+}
+
+/// Logs the counters every `--report-period-s`, the period at which a real DPE publishes its
+/// report, until shutdown.
+async fn log_periodic_reports(shared: Arc<Shared>) {
+    let period = Duration::from_secs(shared.args.report_period_s);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        let counters = &shared.counters;
+        info!(
+            phase = ?shared.phase.get(),
+            events_in = Counters::get(&counters.events_in),
+            events_out = Counters::get(&counters.events_out),
+            queue_depth = Counters::get(&counters.queued),
+            duplicates = Counters::get(&counters.duplicates),
+            lost = Counters::get(&counters.lost),
+            "report"
+        );
+    }
 }
 
 fn router(shared: Arc<Shared>) -> Router {

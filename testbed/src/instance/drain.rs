@@ -1,6 +1,6 @@
-//! Bookkeeping that tells a processor or sink when it has handled its last event.
+//! Bookkeeping that decides when a processor or sink has handled its last event.
 //!
-//! A receiver is finished when three things hold: `POST /drain` has said how many end frames
+//! A receiver is finished when three things hold: `POST /drain` has set how many end frames
 //! to expect, that many have arrived, and no received event is still queued. Readers count an
 //! end frame only after handing over every data frame before it, and workers decrement the
 //! queue only after handing their output to a link, so once the condition holds every event is
@@ -25,7 +25,7 @@ struct EndCount {
     received: u32,
 }
 
-/// How often the waiting thread rechecks the queue depth. Workers signal when the queue
+/// Interval at which the waiting thread rechecks the queue depth. Workers signal when the queue
 /// empties, but the signal can race with the check, so the wait is also bounded.
 const RECHECK: Duration = Duration::from_millis(5);
 

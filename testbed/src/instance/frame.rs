@@ -19,7 +19,7 @@ use thiserror::Error;
 /// Size of a frame header in bytes.
 pub const HEADER_LEN: usize = 21;
 
-/// Largest payload a receiver accepts, in bytes. A larger length means a corrupt stream.
+/// Maximum payload a receiver accepts, in bytes. A larger length means a corrupt stream.
 pub const MAX_PAYLOAD_LEN: u32 = 256 * 1024 * 1024;
 
 /// Kind byte of a frame.

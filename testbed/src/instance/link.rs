@@ -7,7 +7,7 @@
 //! through a large buffered writer and flushes whenever nothing more is waiting.
 //!
 //! Shutdown of a link goes through a `Close` message queued behind the data, so everything
-//! handed over before it is written first. On a drain the close also writes the end frame; a
+//! handed over before it is written first. On a drain the close also writes the end frame. A
 //! link dropped by a later `PUT /targets` closes without one, because its receiver will not
 //! count it among its expected ends.
 //!
@@ -32,15 +32,18 @@ use super::frame::FrameHeader;
 use super::shaper::Shaper;
 use super::stats::Counters;
 
-/// How long `PUT /targets` keeps retrying a connection that is refused.
+/// Time during which `PUT /targets` retries a refused connection.
 pub const CONNECT_WINDOW: Duration = Duration::from_secs(5);
 const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Batches a producer may queue on one link before it blocks.
 const LINK_CHANNEL_BATCHES: usize = 16;
-/// Bytes a delayed link holds in flight: with latency, batches wait on the link thread's own
-/// queue, and this bounds that queue (64 MiB covers 1 Gbit/s at half a second of latency).
+/// Maximum bytes waiting for their release on a delayed link's own queue. 64 MiB covers
+/// 1 Gbit/s at half a second of latency.
 const MAX_DELAYED_BYTES: usize = 64 * 1024 * 1024;
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Writes at least this large skip the write buffer. Copying them into it would only add a
+/// memory copy, because they are large enough to make one system call worthwhile.
+const DIRECT_WRITE_BYTES: usize = 32 * 1024;
 
 /// Invalid or unreachable target in `PUT /targets`.
 #[derive(Debug, Error)]
@@ -105,8 +108,8 @@ impl Router {
     }
 
     /// Replaces the set of targets. Links to addresses that stay keep their connection and
-    /// take the new latency and bandwidth; new addresses are connected (retrying for up to
-    /// [`CONNECT_WINDOW`]) before anything changes, so a failure leaves the old set in place.
+    /// take the new latency and bandwidth. New addresses are connected, with retries for up
+    /// to [`CONNECT_WINDOW`], before anything changes, so a failure leaves the old set.
     pub fn replace(&self, targets: &[Target], loopback_only: bool) -> Result<(), TargetError> {
         let resolved = targets
             .iter()
@@ -122,11 +125,11 @@ impl Router {
         };
         let mut next_links = Vec::with_capacity(targets.len());
         for (target, addr) in targets.iter().zip(resolved) {
-            let reused = reusable.iter().position(|link| link.target.addr == target.addr);
+            let reused = reusable.iter().position(|link| link.addr == target.addr);
             let link = match reused {
                 Some(index) => {
                     let link = reusable.swap_remove(index);
-                    link.reconfigure(target.latency_us, target.bandwidth_bps);
+                    link.reconfigure(target);
                     link
                 }
                 None => {
@@ -149,7 +152,7 @@ impl Router {
         };
         self.changed.notify_all();
         for link in dropped {
-            info!(target_addr = %link.target.addr, "closing link to a removed target");
+            info!(target_addr = %link.addr, "closing link to a removed target");
             link.close(false);
         }
         Ok(())
@@ -178,24 +181,28 @@ impl Router {
         loop {
             let link = {
                 let links = self.lock();
-                let live: Vec<&Arc<Link>> =
-                    links.current.iter().filter(|link| link.is_alive()).collect();
-                if live.is_empty() {
-                    None
-                } else {
-                    let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                    Some(Arc::clone(live[turn % live.len()]))
+                let live = || links.current.iter().filter(|link| link.is_alive());
+                match live().count() {
+                    0 => None,
+                    count => {
+                        let turn = self.next.fetch_add(1, Ordering::Relaxed) % count;
+                        live().nth(turn).cloned()
+                    }
                 }
             };
             let Some(link) = link else {
                 self.wait_for_links();
                 continue;
             };
+            // A link closed since it was picked has no sender any more; pick again.
+            let Some(tx) = link.sender() else {
+                continue;
+            };
             batch.sent_at = Instant::now();
-            match link.tx.send(LinkMessage::Data(batch)) {
+            match tx.send(LinkMessage::Data(batch)) {
                 Ok(()) => return,
                 Err(err) => {
-                    // The link thread has exited; try the next link.
+                    // The link thread has exited, so the next link gets the batch.
                     link.alive.store(false, Ordering::Release);
                     let LinkMessage::Data(returned) = err.into_inner() else {
                         unreachable!("the message sent was data");
@@ -228,10 +235,18 @@ impl Router {
 }
 
 /// One outbound connection and the thread that writes to it.
+///
+/// Closing a link drops its sender after queueing the `Close` message, and the link thread
+/// finishes only once the channel is disconnected. A producer that picked the link just
+/// before it closed still holds a clone of the sender, so its batch is written, before the
+/// end frame, instead of being lost in the channel.
 #[derive(Debug)]
 struct Link {
-    target: Target,
-    tx: Sender<LinkMessage>,
+    /// Target as last configured. Only latency and bandwidth change after the link connects.
+    target: Mutex<Target>,
+    addr: String,
+    /// Sender of the link's channel; `None` once the link is closed.
+    tx: Mutex<Option<Sender<LinkMessage>>>,
     alive: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -276,26 +291,48 @@ impl Link {
                 writer.run();
             })
             .map_err(|source| TargetError::LinkThread { addr: target.addr.clone(), source })?;
-        Ok(Self { target, tx, alive, thread: Mutex::new(Some(thread)) })
+        Ok(Self {
+            addr: target.addr.clone(),
+            target: Mutex::new(target),
+            tx: Mutex::new(Some(tx)),
+            alive,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
     }
 
-    fn reconfigure(&self, latency_us: u64, bandwidth_bps: u64) {
-        let _ = self.tx.send(LinkMessage::Reconfigure { latency_us, bandwidth_bps });
+    /// Applies the latency and bandwidth of `target` if they differ from the current ones.
+    fn reconfigure(&self, target: &Target) {
+        let mut current = self.target.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == *target {
+            return;
+        }
+        *current = target.clone();
+        let (latency_us, bandwidth_bps) = (target.latency_us, target.bandwidth_bps);
+        if let Some(tx) = self.sender() {
+            let _ = tx.send(LinkMessage::Reconfigure { latency_us, bandwidth_bps });
+        }
+    }
+
+    fn sender(&self) -> Option<Sender<LinkMessage>> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn close(&self, send_end: bool) {
-        let _ = self.tx.send(LinkMessage::Close { send_end, sent_at: Instant::now() });
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tx) = tx {
+            let _ = tx.send(LinkMessage::Close { send_end, sent_at: Instant::now() });
+        }
     }
 
     fn join(&self) {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             if handle.join().is_err() {
-                error!(target_addr = %self.target.addr, "link thread panicked");
+                error!(target_addr = %self.addr, "link thread panicked");
             }
         }
     }
@@ -316,16 +353,11 @@ struct LinkWriter {
     alive: Arc<AtomicBool>,
 }
 
-/// What the link thread does once its queue is empty.
-enum Closing {
-    Open,
-    /// Close after the queue is written, with an end frame if `send_end`.
-    Requested {
-        send_end: bool,
-        sent_at: Instant,
-    },
-    /// Every sender is gone; close without an end frame.
-    Abandoned,
+/// `Close` message received by a link thread.
+#[derive(Debug, Clone, Copy)]
+struct CloseRequest {
+    send_end: bool,
+    sent_at: Instant,
 }
 
 impl LinkWriter {
@@ -345,43 +377,43 @@ impl LinkWriter {
         }
     }
 
+    /// Writes until the channel is disconnected and everything received is written, then
+    /// closes the connection, with an end frame if a `Close` message asked for one.
     fn stream_until_closed(&mut self) -> io::Result<()> {
-        let mut closing = Closing::Open;
+        let mut close: Option<CloseRequest> = None;
+        let mut disconnected = false;
         loop {
             // Take in everything that is already waiting.
-            while matches!(closing, Closing::Open) && self.queued_bytes < MAX_DELAYED_BYTES {
+            while !disconnected && self.queued_bytes < MAX_DELAYED_BYTES {
                 match self.rx.try_recv() {
-                    Ok(message) => closing = self.accept(message),
+                    Ok(message) => self.accept(message, &mut close),
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => closing = Closing::Abandoned,
+                    Err(TryRecvError::Disconnected) => disconnected = true,
                 }
             }
             self.write_released()?;
 
-            if self.queue.is_empty() {
-                match closing {
-                    Closing::Open => {}
-                    Closing::Requested { send_end, sent_at } => {
-                        return self.finish(send_end, sent_at);
-                    }
-                    Closing::Abandoned => return self.finish(false, Instant::now()),
-                }
+            if disconnected && self.queue.is_empty() {
+                // Without a close request every sender was dropped, as when the instance
+                // itself goes away, so the link ends without an end frame.
+                let request =
+                    close.unwrap_or(CloseRequest { send_end: false, sent_at: Instant::now() });
+                return self.finish(request);
             }
 
-            // Nothing more is due now, so push out what the buffer holds before waiting.
+            // Nothing more is due now, so write out the buffered bytes before waiting.
             self.stream.flush()?;
             let release = self.queue.front().map(|head| self.shaper.release_at(head.sent_at));
-            let can_take_more =
-                matches!(closing, Closing::Open) && self.queued_bytes < MAX_DELAYED_BYTES;
+            let can_take_more = !disconnected && self.queued_bytes < MAX_DELAYED_BYTES;
             match (release, can_take_more) {
                 (None, true) => match self.rx.recv() {
-                    Ok(message) => closing = self.accept(message),
-                    Err(_) => closing = Closing::Abandoned,
+                    Ok(message) => self.accept(message, &mut close),
+                    Err(_) => disconnected = true,
                 },
                 (Some(release), true) => match self.rx.recv_deadline(release) {
-                    Ok(message) => closing = self.accept(message),
+                    Ok(message) => self.accept(message, &mut close),
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => closing = Closing::Abandoned,
+                    Err(RecvTimeoutError::Disconnected) => disconnected = true,
                 },
                 (Some(release), false) => sleep_until(release),
                 (None, false) => {}
@@ -389,7 +421,7 @@ impl LinkWriter {
         }
     }
 
-    fn accept(&mut self, message: LinkMessage) -> Closing {
+    fn accept(&mut self, message: LinkMessage, close: &mut Option<CloseRequest>) {
         match message {
             LinkMessage::Data(batch) => {
                 self.queued_bytes += batch.len;
@@ -400,10 +432,9 @@ impl LinkWriter {
                 self.shaper.reconfigure(latency_us, bandwidth_bps);
             }
             LinkMessage::Close { send_end, sent_at } => {
-                return Closing::Requested { send_end, sent_at };
+                *close = Some(CloseRequest { send_end, sent_at });
             }
         }
-        Closing::Open
     }
 
     /// Writes the queued batches whose latency has elapsed, in order.
@@ -425,7 +456,7 @@ impl LinkWriter {
 
     fn write_paced(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.shaper.is_transparent() {
-            return self.stream.write_all(bytes);
+            return self.write(bytes);
         }
         for piece in bytes.chunks(self.shaper.max_write_len()) {
             let start = self.shaper.reserve(Instant::now(), piece.len());
@@ -433,32 +464,41 @@ impl LinkWriter {
                 self.stream.flush()?;
                 sleep_until(start);
             }
-            self.stream.write_all(piece)?;
+            self.write(piece)?;
         }
         Ok(())
     }
 
-    fn finish(&mut self, send_end: bool, sent_at: Instant) -> io::Result<()> {
-        if send_end {
+    /// Writes `bytes` through the write buffer, or straight to the socket if they are large.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() < DIRECT_WRITE_BYTES {
+            return self.stream.write_all(bytes);
+        }
+        self.stream.flush()?;
+        self.stream.get_mut().write_all(bytes)
+    }
+
+    fn finish(&mut self, request: CloseRequest) -> io::Result<()> {
+        if request.send_end {
             // The end frame is delayed like any other frame.
-            sleep_until(self.shaper.release_at(sent_at));
+            sleep_until(self.shaper.release_at(request.sent_at));
             self.write_paced(&FrameHeader::end(self.frames_sent).to_bytes())?;
         }
         self.stream.flush()?;
         self.stream.get_ref().shutdown(Shutdown::Write)
     }
 
-    /// Drops everything still queued or sent to this dead link, until it is closed.
+    /// Drops everything still queued or sent to this dead link, until every sender is gone.
     fn discard_until_closed(&mut self) {
-        let mut lost: u64 = self.queue.drain(..).map(|batch| batch.events).sum();
+        let mut lost = 0;
+        for batch in std::mem::take(&mut self.queue) {
+            lost += batch.events;
+            self.pool.give_back(batch.data);
+        }
         for message in self.rx.iter() {
-            match message {
-                LinkMessage::Data(batch) => {
-                    lost += batch.events;
-                    self.pool.give_back(batch.data);
-                }
-                LinkMessage::Reconfigure { .. } => {}
-                LinkMessage::Close { .. } => break,
+            if let LinkMessage::Data(batch) = message {
+                lost += batch.events;
+                self.pool.give_back(batch.data);
             }
         }
         Counters::add(&self.counters.lost, lost);
@@ -671,6 +711,51 @@ mod tests {
             assert_eq!(arrivals.len(), 20);
             assert_eq!(end, Some(20));
         }
+    }
+
+    #[test]
+    fn replacing_targets_loses_no_batches() {
+        let listeners: Vec<TcpListener> =
+            (0..3).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+        let targets: Vec<Target> = listeners
+            .iter()
+            .map(|l| Target {
+                addr: l.local_addr().expect("addr").to_string(),
+                latency_us: 0,
+                bandwidth_bps: 0,
+            })
+            .collect();
+        let readers: Vec<_> =
+            listeners.into_iter().map(|l| thread::spawn(move || read_all(&l))).collect();
+
+        let router = Arc::new(router());
+        router.replace(&targets[..1], true).expect("first target accepted");
+        let sender = {
+            let router = Arc::clone(&router);
+            thread::spawn(move || {
+                for start in (0..20_000).step_by(10) {
+                    router.send(batch_of(start..start + 10));
+                }
+            })
+        };
+        for target in &targets[1..] {
+            thread::sleep(Duration::from_millis(5));
+            router.replace(std::slice::from_ref(target), true).expect("target accepted");
+        }
+        sender.join().expect("sender thread");
+        router.close_all();
+
+        let mut seqs = Vec::new();
+        let mut ends = Vec::new();
+        for reader in readers {
+            let (arrivals, end) = reader.join().expect("reader thread");
+            seqs.extend(arrivals.iter().map(|(seq, _)| *seq));
+            ends.push(end);
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..20_000).collect::<Vec<_>>());
+        assert_eq!(&ends[..2], &[None, None], "removed targets get no end frame");
+        assert!(ends[2].is_some(), "the last target gets an end frame");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! - the control thread runs a small tokio runtime with the HTTP server;
 //! - an acceptor thread takes inbound data connections and starts one reader per connection
-//!   ([`receiver`]); a sink's readers record events themselves, a processor's readers pass
+//!   ([`receiver`]). A sink's readers record events themselves. A processor's readers pass
 //!   batches to a pool of `--threads` workers ([`processor`]);
 //! - a source runs one generator thread ([`source`]);
 //! - every outbound link has its own writer thread;
@@ -34,6 +34,7 @@ pub mod report;
 pub mod shaper;
 pub mod source;
 pub mod stats;
+pub mod xmsg_dpe;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -94,9 +95,12 @@ impl InstanceError {
     }
 }
 
-/// Runs an instance until it is told to stop: binds both ports, prints the ready line on
-/// stdout, and returns after `POST /stop`, SIGTERM, SIGINT or the harness's exit.
+/// Runs an instance until shutdown: binds both ports, prints the ready line on stdout, and
+/// returns after `POST /stop`, SIGTERM, SIGINT or the harness's exit.
 pub fn run(args: Args, token: String) -> Result<(), InstanceError> {
+    if args.xmsg_fe.is_some() {
+        return xmsg_dpe::run_worker(args, token);
+    }
     let instance = Instance::start(args, token, Signals::Handle)?;
     let line = serde_json::to_string(&instance.ready_line()).expect("ready line serialises");
     let mut stdout = io::stdout().lock();
@@ -129,6 +133,9 @@ impl Instance {
             return Err(InstanceError::MissingToken);
         }
         let config = args.validate()?;
+        if let Some(pid) = args.harness_pid {
+            check_harness_pid(pid)?;
+        }
         let data_listener = bind(&args, args.data_port, "data")?;
         let control_listener = bind(&args, args.control_port, "control")?;
         let data_port = local_port(&data_listener, &args, "data")?;
@@ -146,7 +153,7 @@ impl Instance {
         let role = args.role;
         let shared = Arc::new(Shared {
             role,
-            token,
+            token: Secret(token),
             config,
             data_port,
             control_port,
@@ -166,16 +173,9 @@ impl Instance {
             args,
         });
 
-        {
-            let _entered = shared.span.enter();
-            info!(
-                role = %role,
-                data_port,
-                control_port,
-                pid = std::process::id(),
-                "instance listening"
-            );
-        }
+        let span = shared.span.clone();
+        let _entered = span.enter();
+        info!(role = %role, data_port, control_port, pid = std::process::id(), "instance listening");
         match role {
             Role::Source => source::spawn(Arc::clone(&shared), start_rx)?,
             Role::Processor | Role::Sink => drop(start_rx),
@@ -188,7 +188,7 @@ impl Instance {
         Ok(Self { shared, control_thread })
     }
 
-    /// The line printed on stdout once the ports are bound.
+    /// Returns the line printed on stdout once the ports are bound.
     pub fn ready_line(&self) -> ReadyLine {
         ReadyLine {
             event: "ready".to_owned(),
@@ -225,7 +225,7 @@ impl Instance {
 pub(crate) struct Shared {
     pub args: Args,
     pub role: Role,
-    pub token: String,
+    pub token: Secret,
     /// Parsed `--config-json`, shown in the report and never acted on.
     pub config: Option<serde_json::Value>,
     pub data_port: u16,
@@ -233,12 +233,12 @@ pub(crate) struct Shared {
     pub phase: PhaseCell,
     pub counters: Arc<Counters>,
     pub latency: LatencyRecorder,
-    /// Sequence numbers a sink has received; `None` for other roles.
+    /// Sequence numbers a sink has received, or `None` for other roles.
     pub received: Option<Mutex<SeqSet>>,
     pub pool: Arc<BufferPool>,
     pub router: Router,
     pub drain: DrainGate,
-    /// `POST /start` sends on this channel; a source's generator waits on it.
+    /// Channel on which `POST /start` signals a source's generator.
     pub start_tx: Sender<()>,
     pub started_at: Instant,
     pub start_time: chrono::DateTime<chrono::Local>,
@@ -280,24 +280,25 @@ fn local_port(
     })
 }
 
-/// How often the watchdog checks that the harness still runs; well under the promised 1 s.
+/// Interval between two checks that the harness still runs, well under the promised 1 s.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(200);
 
-fn spawn_harness_watchdog(shared: Arc<Shared>, pid: u32) -> Result<(), InstanceError> {
-    let Ok(raw_pid) = i32::try_from(pid) else {
-        return Err(InstanceError::InvalidArgument {
-            name: "--harness-pid",
-            value: pid.to_string(),
-            reason: "is not a valid process id".to_owned(),
-        });
+/// Checks that `--harness-pid` names a running process, and returns its id as `i32`.
+fn check_harness_pid(pid: u32) -> Result<i32, InstanceError> {
+    let invalid = |reason: &str| InstanceError::InvalidArgument {
+        name: "--harness-pid",
+        value: pid.to_string(),
+        reason: reason.to_owned(),
     };
+    let raw_pid = i32::try_from(pid).map_err(|_| invalid("is not a valid process id"))?;
     if !process_is_running(raw_pid) {
-        return Err(InstanceError::InvalidArgument {
-            name: "--harness-pid",
-            value: pid.to_string(),
-            reason: "no such process is running".to_owned(),
-        });
+        return Err(invalid("no such process is running"));
     }
+    Ok(raw_pid)
+}
+
+fn spawn_harness_watchdog(shared: Arc<Shared>, pid: u32) -> Result<(), InstanceError> {
+    let raw_pid = check_harness_pid(pid)?;
     let spawned = thread::Builder::new().name("harness-watchdog".to_owned()).spawn(move || {
         let _entered = shared.span.enter();
         while !shared.shutdown.is_cancelled() {
@@ -312,7 +313,7 @@ fn spawn_harness_watchdog(shared: Arc<Shared>, pid: u32) -> Result<(), InstanceE
     spawned.map(drop).map_err(|source| InstanceError::Start { what: "harness watchdog", source })
 }
 
-/// Whether process `pid` exists and is not a zombie. A killed harness whose parent has not
+/// Checks whether process `pid` exists and is not a zombie. A killed harness whose parent has not
 /// reaped it yet is a zombie, and it counts as gone.
 fn process_is_running(pid: i32) -> bool {
     use nix::errno::Errno;
@@ -330,6 +331,21 @@ fn process_is_running(pid: i32) -> bool {
     // spaces, so it is found after the last ')'.
     let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
     state != Some('Z')
+}
+
+/// Control token, kept out of `Debug` output so that it never reaches a log.
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Channel on which the source's generator waits for `POST /start`.

@@ -102,11 +102,11 @@ pub(crate) fn resize_events(input: &Batch, output_size: u32, mut out: Vec<u8>) -
 #[derive(Debug)]
 pub struct CostMeter {
     mode: CostMode,
-    /// Nanoseconds owed; negative when earlier payments overshot.
+    /// Nanoseconds owed, negative when earlier payments overshot.
     owed_ns: f64,
 }
 
-/// Largest overshoot carried to later payments. It bounds how long a worker may run without
+/// Maximum overshoot carried to later payments. It bounds how long a worker may run without
 /// paying after, for example, the scheduler kept it off the CPU during a sleep.
 pub const MAX_CREDIT: Duration = Duration::from_millis(10);
 
@@ -115,8 +115,8 @@ impl CostMeter {
         Self { mode, owed_ns: 0.0 }
     }
 
-    /// Smallest amount paid at once. Sleeping for less is dominated by wake-up latency
-    /// (about 50 µs of timer slack on Linux); spinning needs only a few clock reads.
+    /// Minimum amount paid at once. Sleeping for less is dominated by wake-up latency
+    /// (about 50 µs of timer slack on Linux), while spinning needs only a few clock reads.
     pub fn min_payment(&self) -> Duration {
         match self.mode {
             CostMode::Burn => Duration::from_micros(5),
@@ -176,7 +176,7 @@ mod tests {
             let mut meter = CostMeter::new(mode);
             let started = Instant::now();
             let mut spent = Duration::ZERO;
-            // 400 payments of 50 µs: 20 ms in total.
+            // 400 costs of 50 µs, 20 ms in total.
             for _ in 0..400 {
                 spent += meter.spend(50_000.0);
             }

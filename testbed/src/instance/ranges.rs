@@ -39,7 +39,8 @@ impl SeqSet {
         self.len == 0
     }
 
-    /// Inserts one number; returns `false` when it was already present.
+    /// Inserts one number and returns `false` when it was already present. `u64::MAX` cannot
+    /// be stored, because ranges are half-open, and always returns `false`.
     pub fn insert(&mut self, seq: u64) -> bool {
         self.insert_run(seq, seq.saturating_add(1)) == 1
     }

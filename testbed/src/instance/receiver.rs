@@ -1,9 +1,9 @@
 //! Inbound side of processors and sinks: accepting data connections and reading frames.
 //!
 //! Each connection gets a reader thread that fills a large buffer with whatever one `read`
-//! returns, walks the complete frames in it once (latency, counts, and for a sink the
-//! sequence numbers), and then either hands the buffer to the processor's workers or, in a
-//! sink, reuses it. An incomplete frame at the end of the buffer moves to the front of the
+//! returns and walks the complete frames in it once, recording latency, counts and, in a sink,
+//! the sequence numbers. A processor's reader then hands the buffer to the workers, and a
+//! sink's reader reuses it. An incomplete frame at the end of the buffer moves to the front of the
 //! next one. So the cost per event is one header decode, with no allocation or system call.
 
 use std::io::{self, Read};
@@ -111,14 +111,14 @@ pub(crate) struct SeqRun {
     pub len: u32,
 }
 
-/// What one pass over a buffer found.
+/// Result of one pass over a buffer.
 #[derive(Debug, Default)]
 struct Scan {
     /// Bytes of the complete data frames at the start of the buffer.
     data_len: usize,
     events: u64,
     payload_bytes: u64,
-    /// The end frame's count of data frames, if the buffer holds the end frame.
+    /// The end frame's count of data frames, if the buffer contains the end frame.
     end: Option<u64>,
     /// Bytes taken by complete frames, the end frame included.
     consumed: usize,
@@ -134,7 +134,7 @@ impl ConnectionReader {
         let mut events_on_connection = 0u64;
         loop {
             if filled == buf.len() {
-                // One frame is larger than the buffer; grow the buffer to hold it.
+                // One frame is larger than the buffer, so the buffer grows to hold it.
                 let needed = FrameReader::new(&buf[..filled]).pending_frame_len();
                 buf.resize(needed.unwrap_or(filled + HEADER_LEN).max(filled * 2), 0);
             }
@@ -150,6 +150,7 @@ impl ConnectionReader {
                 if filled > 0 {
                     warn!(?peer, bytes = filled, "connection closed inside a frame");
                 } else {
+                    // The sender dropped this target from its set, or it failed.
                     warn!(?peer, events_on_connection, "connection closed without an end frame");
                 }
                 break;
@@ -159,9 +160,9 @@ impl ConnectionReader {
             let scan = self.scan(&buf[..filled]);
             events_on_connection += scan.events;
             if scan.events > 0 {
-                buf = self.deliver(buf, &scan);
+                buf = self.deliver(buf, filled, &scan);
             }
-            // Keep the incomplete tail; a processor's new buffer holds it already.
+            // Move the incomplete tail to the front, unless `deliver` copied it to a new buffer.
             if self.work_tx.is_none() || scan.events == 0 {
                 buf.copy_within(scan.consumed..filled, 0);
             }
@@ -237,8 +238,8 @@ impl ConnectionReader {
         scan
     }
 
-    /// Passes the data frames of a buffer on; returns the buffer to read into next.
-    fn deliver(&mut self, buf: Vec<u8>, scan: &Scan) -> Vec<u8> {
+    /// Passes the data frames of a buffer on and returns the buffer to read into next.
+    fn deliver(&mut self, buf: Vec<u8>, filled: usize, scan: &Scan) -> Vec<u8> {
         let counters = &self.shared.counters;
         let Some(work_tx) = &self.work_tx else {
             self.record_in_sink(scan);
@@ -248,7 +249,7 @@ impl ConnectionReader {
         Counters::add(&counters.bytes_in, scan.payload_bytes);
         Counters::add(&counters.queued, scan.events);
 
-        let tail = &buf[scan.consumed..];
+        let tail = &buf[scan.consumed..filled];
         let mut next = self.shared.pool.take(BATCH_BYTES.max(tail.len()));
         next[..tail.len()].copy_from_slice(tail);
         let batch = Batch {

@@ -115,9 +115,11 @@ impl CanonicalNames {
 
     pub(crate) fn of(shared: &Shared) -> Self {
         let args = &shared.args;
+        // A DPE on xMsg is named after its proxy's port, as real DPEs are.
+        let port = if args.xmsg_fe.is_some() { args.xmsg_port } else { shared.control_port };
         Self::new(
             &args.advertised_host(),
-            shared.control_port,
+            port,
             args.lang.as_str(),
             &args.container,
             args.engine_name(),

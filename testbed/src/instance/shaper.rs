@@ -4,7 +4,7 @@
 //! to the link at instant `t` is written no earlier than `t + latency`. Frames keep their order,
 //! and because whole batches share one hand-over instant the link waits once per batch, never
 //! once per frame. The bandwidth limit paces writes so that the bytes written never run ahead
-//! of `bandwidth_bps`; an idle link does not save up credit for a later burst.
+//! of `bandwidth_bps`. An idle link does not save up credit for a later burst.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ pub struct Shaper {
     next_free: Option<Instant>,
 }
 
-/// Smallest piece a paced link writes at once, in bytes (one Ethernet payload).
+/// Minimum piece a paced link writes at once, in bytes (one Ethernet payload).
 const MIN_PACED_WRITE: usize = 1500;
 
 impl Shaper {
@@ -25,14 +25,14 @@ impl Shaper {
         Self { latency: Duration::from_micros(latency_us), bandwidth_bps, next_free: None }
     }
 
-    /// Changes the link's parameters; frames already queued are released by the new latency.
+    /// Changes the link's parameters. Frames already queued are released by the new latency.
     pub fn reconfigure(&mut self, latency_us: u64, bandwidth_bps: u64) {
         self.latency = Duration::from_micros(latency_us);
         self.bandwidth_bps = bandwidth_bps;
         self.next_free = None;
     }
 
-    /// Whether the link adds neither latency nor pacing.
+    /// Returns whether the link adds neither latency nor pacing.
     pub fn is_transparent(&self) -> bool {
         self.latency.is_zero() && self.bandwidth_bps == 0
     }
@@ -42,7 +42,7 @@ impl Shaper {
         sent_at + self.latency
     }
 
-    /// Largest piece to write between two pacing decisions: about one millisecond of the
+    /// Maximum piece to write between two pacing decisions: about one millisecond of the
     /// link's bandwidth, so that pacing stays smooth without a sleep per frame.
     pub fn max_write_len(&self) -> usize {
         if self.bandwidth_bps == 0 {

@@ -13,14 +13,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use orchestrator::control::Phase;
-use tracing::info;
+use tracing::{error, info};
 
 use super::batch::{BATCH_BYTES, Batch};
 use super::frame::{FrameHeader, HEADER_LEN};
 use super::stats::{Counters, unix_now_ns};
 use super::{InstanceError, Shared, StartSignal};
 
-/// Most events per batch. Fewer are used when a batch would exceed [`BATCH_BYTES`], and when
+/// Maximum events per batch. Fewer are used when a batch would exceed [`BATCH_BYTES`], and when
 /// the run is short, so that round-robin still spreads a few hundred events over all targets.
 const MAX_BATCH_EVENTS: u64 = 256;
 
@@ -57,7 +57,11 @@ fn emit(shared: &Shared) {
     let mut batch = new_batch(shared, buffer_len);
     for (index, seq) in (args.seq_start..args.seq_start + args.events).enumerate() {
         if args.rate > 0.0 {
-            let due = started + Duration::from_secs_f64(index as f64 / args.rate);
+            let offset = Duration::try_from_secs_f64(index as f64 / args.rate).ok();
+            let Some(due) = offset.and_then(|offset| started.checked_add(offset)) else {
+                error!(seq, "emission time is beyond the clock's range; stopping the source");
+                break;
+            };
             if due > Instant::now() {
                 // Send what is ready before waiting, so that events are not held back.
                 if batch.events > 0 {

@@ -66,7 +66,7 @@ impl PhaseCell {
         self.0.store(Self::encode(phase), Ordering::Release);
     }
 
-    /// Moves from `from` to `to`; does nothing when the phase is no longer `from`.
+    /// Moves from `from` to `to`, unless the phase is no longer `from`.
     pub fn advance(&self, from: Phase, to: Phase) {
         let _ = self.0.compare_exchange(
             Self::encode(from),
@@ -150,7 +150,7 @@ impl LatencyGuard<'_> {
     }
 }
 
-/// Everything `GET /stats` reports, gathered from the shared parts of an instance.
+/// Gathers the reply of `GET /stats` from the shared parts of an instance.
 pub fn snapshot(
     role: Role,
     phase: Phase,
@@ -174,12 +174,13 @@ pub fn snapshot(
         queue_depth: Counters::get(&counters.queued),
         exec_time_us: Counters::get(&counters.exec_time_ns) / 1000,
         failures: Counters::get(&counters.failures),
+        replayed: 0,
         latency: latency.summary(with_ranges),
         received,
     }
 }
 
-/// Current Unix time in nanoseconds.
+/// Returns the current Unix time in nanoseconds.
 pub fn unix_now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }

@@ -293,3 +293,34 @@ async fn stop_request_ends_the_instance() {
     let result = result.expect("instance stopped within 3 s").expect("wait thread");
     assert!(result.is_ok(), "{result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_latency_shows_in_sink_latency() {
+    let sink = start("sink", &[]);
+    let source = start("source", &["--events", "200", "--rate", "2000"]);
+    let client = Client::new();
+
+    let target = Target {
+        addr: format!("127.0.0.1:{}", sink.data_port()),
+        latency_us: 20_000,
+        bandwidth_bps: 0,
+    };
+    let response = client
+        .http
+        .put(Client::url(&source, "/targets"))
+        .bearer_auth(TOKEN)
+        .json(&Targets { targets: vec![target] })
+        .send()
+        .await
+        .expect("PUT /targets is answered");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(client.post(&source, "/start", None).await, StatusCode::NO_CONTENT);
+    let drain = Drain { expected_ends: 1 };
+    assert_eq!(client.post(&sink, "/drain", Some(&drain)).await, StatusCode::NO_CONTENT);
+    client.wait_drained(&sink).await;
+
+    let stats: Stats = client.get(&sink, "/stats").await;
+    assert_eq!(stats.events_in, 200);
+    assert!(stats.latency.p50_us >= 20_000, "p50 = {} µs", stats.latency.p50_us);
+    assert!(stats.latency.p50_us < 200_000, "p50 = {} µs", stats.latency.p50_us);
+}
