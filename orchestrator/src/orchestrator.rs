@@ -391,7 +391,8 @@ impl Orchestrator {
         }
         self.advance_drain().await?;
         let drained = self.instances.values().all(|record| {
-            record.state == InstanceState::Drained || (record.replaced && !record.state.is_live())
+            record.state == InstanceState::Drained
+                || (!counts_for_drain(record) && !record.state.is_live())
         });
         Ok(Snapshot { at, stats, drained })
     }
@@ -826,7 +827,7 @@ impl Orchestrator {
         let sources_drained = self
             .instances
             .values()
-            .filter(|record| record.spec.id.stage.0 == 0)
+            .filter(|record| record.spec.id.stage.0 == 0 && counts_for_drain(record))
             .all(|record| record.state == InstanceState::Drained);
         if !sources_drained {
             return Ok(());
@@ -854,6 +855,11 @@ impl Orchestrator {
     }
 }
 
+/// Whether an instance still has to drain: replaced and stopped ones never will.
+pub fn counts_for_drain(record: &InstanceRecord) -> bool {
+    !record.replaced && record.state != InstanceState::Stopped
+}
+
 fn control_url(record: &InstanceRecord) -> String {
     record.endpoints.as_ref().map(|endpoints| endpoints.control_url.clone()).unwrap_or_default()
 }
@@ -867,6 +873,20 @@ pub fn split_events(total: u64, replicas: u64, index: u64) -> (u64, u64) {
     let count = base + u64::from(index < extra);
     let start = index * base + index.min(extra);
     (start, count)
+}
+
+/// Global level for a single replica that lost its cluster: any other cluster with room,
+/// chosen as for a whole stage.
+fn choose_cluster_for_one(
+    topology: &Topology,
+    workflow: &Workflow,
+    stage: StageId,
+    capacity: &Capacity,
+    excluded: &[ClusterId],
+) -> Result<ClusterId, PlacementError> {
+    let mut single = workflow.clone();
+    single.set_replicas_unchecked(stage, NonZeroU32::MIN);
+    choose_cluster(topology, &single, stage, None, capacity, excluded)
 }
 
 #[cfg(test)]
@@ -885,18 +905,4 @@ mod tests {
             assert_eq!(next, total, "{total} events over {replicas} replicas");
         }
     }
-}
-
-/// Global level for a single replica that lost its cluster: any other cluster with room,
-/// chosen as for a whole stage.
-fn choose_cluster_for_one(
-    topology: &Topology,
-    workflow: &Workflow,
-    stage: StageId,
-    capacity: &Capacity,
-    excluded: &[ClusterId],
-) -> Result<ClusterId, PlacementError> {
-    let mut single = workflow.clone();
-    single.set_replicas_unchecked(stage, NonZeroU32::MIN);
-    choose_cluster(topology, &single, stage, None, capacity, excluded)
 }

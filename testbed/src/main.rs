@@ -148,6 +148,8 @@ enum Suite {
     /// Seconds to provision the topology's networks and node containers on Docker, against
     /// `docker compose up -d` of the same (always on Docker; reads --topology).
     Provision,
+    /// Wall time and simulated events per second of the sim backend on 100 to 10,000 nodes.
+    Sim,
 }
 
 fn main() -> ExitCode {
@@ -272,6 +274,48 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
     match args.suite {
         Suite::Provision => {
             provision_bench(&args.topology, args.repetitions, args.output.as_deref()).await
+        }
+        Suite::Sim => {
+            let folder = PathBuf::from("target/testbed/bench-sim");
+            println!(
+                "{:>7} {:>8} {:>9} {:>10} {:>11} {:>8} {:>16}",
+                "nodes",
+                "clusters",
+                "instances",
+                "events",
+                "simulated s",
+                "wall s",
+                "events/s of wall"
+            );
+            for nodes in [100, 1_000, 10_000] {
+                let result = tokio::task::spawn_blocking({
+                    let folder = folder.clone();
+                    move || testbed::bench::sim::run_one(&folder, nodes, 2_000_000)
+                })
+                .await;
+                match result {
+                    Ok(Ok(figures)) => println!(
+                        "{:>7} {:>8} {:>9} {:>10} {:>11.1} {:>8.2} {:>16.0}{}",
+                        figures.nodes,
+                        figures.clusters,
+                        figures.instances,
+                        figures.events,
+                        figures.simulated_s,
+                        figures.wall_s,
+                        figures.events_per_wall_s,
+                        if figures.passed { "" } else { "  (expectations failed)" }
+                    ),
+                    Ok(Err(error)) => {
+                        eprintln!("error: sim on {nodes} nodes: {error:#}");
+                        return ExitCode::from(1);
+                    }
+                    Err(error) => {
+                        eprintln!("error: sim on {nodes} nodes: {error}");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+            ExitCode::SUCCESS
         }
         Suite::Dataplane => {
             if args.backend != BackendKind::Process {

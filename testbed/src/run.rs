@@ -512,6 +512,7 @@ fn source_drained(orchestrator: &Orchestrator) -> bool {
     orchestrator
         .instances()
         .filter(|record| record.spec.role == Role::Source)
+        .filter(|record| orchestrator::orchestrator::counts_for_drain(record))
         .all(|record| record.state == InstanceState::Drained)
 }
 

@@ -291,6 +291,13 @@ impl ErsapBackend {
     }
 }
 
+/// Returns how long a DPE has been silent at `now`: since its last `dpeAlive`, or since its
+/// deployment when no report arrived after it.
+fn silence(last_alive: Option<Instant>, deployed_at: Instant, now: Instant) -> Duration {
+    let since = last_alive.map_or(deployed_at, |last| last.max(deployed_at));
+    now.saturating_duration_since(since)
+}
+
 /// Waits until the registrar lists `dpe:<dpe>`.
 async fn discover(registrar: &RegistrarClient, dpe: &str) -> Result<(), String> {
     let deadline = Instant::now() + DISCOVERY_TIMEOUT;
@@ -451,8 +458,7 @@ impl Backend for ErsapBackend {
             let alive = self.alive.lock().unwrap_or_else(|e| e.into_inner());
             alive.get(&deployed.dpe).copied()
         };
-        let since = last.map_or(deployed.deployed_at, |last| last.max(deployed.deployed_at));
-        let silent = since.elapsed();
+        let silent = silence(last, deployed.deployed_at, Instant::now());
         (silent > ALIVE_TIMEOUT).then(|| {
             format!(
                 "no dpeAlive from DPE {} for {:.1} s (timeout {:?})",
@@ -498,6 +504,22 @@ mod tests {
         for text in ["10.0.0.1:7771", "127.0.0.1", "localhost:7771", "127.0.0.1:x"] {
             assert!(parse_front_end(text).is_err(), "{text} should be rejected");
         }
+    }
+
+    #[test]
+    fn ersap_silence_counts_from_last_alive() {
+        let deployed = Instant::now();
+        let later = deployed + Duration::from_secs(7);
+        let cases = [
+            (None, 7, "no report since deployment"),
+            (Some(deployed + Duration::from_secs(5)), 2, "report after deployment"),
+            (Some(deployed - Duration::from_secs(3)), 7, "report before deployment"),
+        ];
+        for (last, expected, case) in cases {
+            let silent = silence(last, deployed, later);
+            assert_eq!(silent, Duration::from_secs(expected), "{case}");
+        }
+        assert!(silence(None, deployed, later) > ALIVE_TIMEOUT, "7 s exceeds the timeout");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! - [`dataplane`]: raw loopback TCP throughput against a source → processor → sink chain of
 //!   `mock-ersap` processes.
 //! - [`provision`]: the docker backend's provisioning of a topology against Compose.
+//! - [`sim`]: wall time and simulated events per second of the `sim` backend as topologies grow.
 
 pub mod compare;
 pub mod dataplane;
 pub mod provision;
+pub mod sim;

@@ -238,7 +238,7 @@ impl Router {
 ///
 /// Closing a link drops its sender after queueing the `Close` message, and the link thread
 /// finishes only once the channel is disconnected. A producer that picked the link just
-/// before it closed still holds a clone of the sender, so its batch is written, before the
+/// before it closed still has a clone of the sender, so its batch is written, before the
 /// end frame, instead of being lost in the channel.
 #[derive(Debug)]
 struct Link {

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::info;
 
 use super::args::CostMode;
-use super::batch::Batch;
+use super::batch::{Batch, BufferPool};
 use super::frame::{FrameHeader, FrameReader, HEADER_LEN};
 use super::stats::Counters;
 use super::{InstanceError, Shared};
@@ -21,6 +21,74 @@ use super::{InstanceError, Shared};
 /// Batches that readers may queue for the workers before they stop reading, which in turn
 /// makes TCP slow the upstream senders down.
 const WORK_QUEUE_BATCHES: usize = 32;
+
+/// Maximum modelled cost of one work unit, in nanoseconds. A worker forwards a unit only
+/// once it has paid for all of it, so larger units would make each event wait for the cost
+/// of the events read together with it, and would leave workers idle while one works.
+const WORK_UNIT_COST_NS: f64 = 1_000_000.0;
+
+/// Returns how many events of `batch` one worker should process at once. Cheap events are
+/// processed all together. Events that cost over a millisecond each are processed one at a
+/// time, so the pool shares work event by event as ERSAP's does.
+pub(crate) fn work_unit_events(args: &super::Args, batch: &Batch) -> u64 {
+    if batch.events == 0 || args.cost_ns_per_byte == 0.0 {
+        return batch.events.max(1);
+    }
+    let cost_per_event = args.cost_ns_per_byte * batch.payload_bytes as f64 / batch.events as f64;
+    ((WORK_UNIT_COST_NS / cost_per_event) as u64).max(1)
+}
+
+/// Splits `batch` into batches of at most `unit_events` events and passes each to `send`.
+/// A batch that is small enough is passed on unchanged, without copying.
+pub(crate) fn split_into_units(
+    batch: Batch,
+    unit_events: u64,
+    pool: &BufferPool,
+    mut send: impl FnMut(Batch),
+) {
+    if batch.events <= unit_events {
+        send(batch);
+        return;
+    }
+    let mut unit =
+        Batch { data: Vec::new(), len: 0, events: 0, payload_bytes: 0, sent_at: batch.sent_at };
+    let mut unit_start = 0;
+    let mut reader = FrameReader::new(batch.frames());
+    while let Some(Ok(frame)) = reader.next() {
+        unit.events += 1;
+        unit.payload_bytes += frame.payload.len() as u64;
+        if unit.events == unit_events {
+            let unit_end = reader.consumed();
+            send(copy_unit(&batch, unit_start..unit_end, &unit, pool));
+            unit_start = unit_end;
+            unit.events = 0;
+            unit.payload_bytes = 0;
+        }
+    }
+    if unit.events > 0 {
+        send(copy_unit(&batch, unit_start..batch.len, &unit, pool));
+    }
+    pool.give_back(batch.data);
+}
+
+/// Copies the frames in `range` of `batch` into a new batch with the counts of `unit`.
+fn copy_unit(
+    batch: &Batch,
+    range: std::ops::Range<usize>,
+    unit: &Batch,
+    pool: &BufferPool,
+) -> Batch {
+    let len = range.len();
+    let mut data = pool.take(len);
+    data[..len].copy_from_slice(&batch.data[range]);
+    Batch {
+        data,
+        len,
+        events: unit.events,
+        payload_bytes: unit.payload_bytes,
+        sent_at: batch.sent_at,
+    }
+}
 
 /// Starts the worker threads and returns the channel that feeds them.
 pub(crate) fn spawn_workers(shared: &Arc<Shared>) -> Result<Sender<Batch>, InstanceError> {
@@ -150,6 +218,8 @@ impl CostMeter {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
     use crate::instance::frame::push_data_frame;
 
@@ -185,6 +255,64 @@ mod tests {
             assert!(spent >= Duration::from_millis(20), "{mode:?} spent {spent:?}");
             assert!(elapsed < Duration::from_millis(200), "{mode:?} took {elapsed:?}");
         }
+    }
+
+    fn batch_of_five() -> Batch {
+        let mut data = Vec::new();
+        for seq in 0..5 {
+            push_data_frame(&mut data, seq, 0, &[seq as u8; 100]);
+        }
+        Batch { len: data.len(), data, events: 5, payload_bytes: 500, sent_at: Instant::now() }
+    }
+
+    #[test]
+    fn work_units_shrink_as_cost_grows() {
+        let args = |cost: &str| {
+            crate::instance::Args::try_parse_from([
+                "mock-ersap",
+                "--role",
+                "processor",
+                "--run-id",
+                "r",
+                "--stage",
+                "s",
+                "--cost-ns-per-byte",
+                cost,
+            ])
+            .expect("valid arguments")
+        };
+        let batch = batch_of_five();
+        assert_eq!(work_unit_events(&args("0"), &batch), 5);
+        // 100 bytes at 1 ns/byte cost 100 ns, so 10,000 events fit in 1 ms.
+        assert_eq!(work_unit_events(&args("1"), &batch), 10_000);
+        // 100 bytes at 50,000 ns/byte cost 5 ms, more than one unit.
+        assert_eq!(work_unit_events(&args("50000"), &batch), 1);
+    }
+
+    #[test]
+    fn costly_batch_splits_into_single_events() {
+        let pool = BufferPool::new(8);
+        let mut units = Vec::new();
+        split_into_units(batch_of_five(), 2, &pool, |unit| units.push(unit));
+
+        let counts: Vec<u64> = units.iter().map(|unit| unit.events).collect();
+        assert_eq!(counts, vec![2, 2, 1]);
+        let seqs: Vec<u64> = units
+            .iter()
+            .flat_map(|unit| FrameReader::new(unit.frames()).map(|f| f.expect("valid").header.seq))
+            .collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+        assert_eq!(units[2].payload_bytes, 100);
+        assert_eq!(units[2].len, HEADER_LEN + 100);
+    }
+
+    #[test]
+    fn cheap_batch_passes_unsplit() {
+        let pool = BufferPool::new(8);
+        let mut units = Vec::new();
+        split_into_units(batch_of_five(), 5, &pool, |unit| units.push(unit));
+        assert_eq!(units.len(), 1);
+        assert_eq!(units[0].events, 5);
     }
 
     #[test]

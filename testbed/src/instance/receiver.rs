@@ -259,7 +259,12 @@ impl ConnectionReader {
             payload_bytes: scan.payload_bytes,
             sent_at: Instant::now(),
         };
-        if work_tx.send(batch).is_err() {
+        let unit_events = processor::work_unit_events(&self.shared.args, &batch);
+        let mut workers_gone = false;
+        processor::split_into_units(batch, unit_events, &self.shared.pool, |unit| {
+            workers_gone |= work_tx.send(unit).is_err();
+        });
+        if workers_gone {
             error!(peer = ?self.peer, "processor workers are gone; events dropped");
         }
         next

@@ -28,8 +28,9 @@ use super::report::{
     Runtime, ServiceRegistration, ServiceRuntime,
 };
 use super::{Args, Instance, InstanceError, Shared, Signals};
+use crate::xmsg::client::CHECK_TIMEOUT;
 use crate::xmsg::dpe::{self, Alive, DpeOptions, DpeState, MockEngine, ReportSource};
-use crate::xmsg::{DpeName, Proxy, ProxyAddress, RegistrarServer, XmsgError};
+use crate::xmsg::{DpeName, Proxy, ProxyAddress, RegistrarServer, Subscriber, XmsgError};
 
 /// First argument that selects front-end mode.
 pub const FRONT_END_COMMAND: &str = "front-end";
@@ -354,6 +355,15 @@ pub fn front_end_requested() -> bool {
 /// for invalid arguments or ports that cannot be bound.
 pub fn run_front_end() -> ExitCode {
     let args = FrontEndArgs::parse_from(std::env::args().skip(1));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            // The zeromq crate logs every peer that disconnects at info.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,zeromq=warn".into()),
+        )
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .init();
     if !args.host.is_loopback() {
         eprintln!(
             "error: invalid --host {}: the front end binds loopback addresses only",
@@ -404,16 +414,48 @@ async fn front_end(args: FrontEndArgs) -> Result<(), XmsgError> {
         warn!(%error, "could not print the ready line");
     }
     info!(%address, dpe = %name, "front end ready");
+    let watcher = tokio::spawn(log_alive_reports(address));
     tokio::select! {
         () = stop.cancelled() => info!("stopDpe received; stopping"),
         name = stop_signal() => info!(signal = name, "signal received; stopping"),
         () = harness_gone(args.harness_pid) => warn!("harness process is gone; stopping"),
     }
     stop.cancel();
+    watcher.abort();
     running.join().await;
     registrar.stop().await;
     proxy.stop().await;
     Ok(())
+}
+
+/// Logs the first `dpeAlive` of every DPE that reports to this front end, so that a person
+/// who starts a real DPE against it sees it arrive.
+async fn log_alive_reports(address: ProxyAddress) {
+    let topics = ["dpeAlive:".to_owned()];
+    let mut subscriber = match Subscriber::connect(address, &topics, CHECK_TIMEOUT).await {
+        Ok(subscriber) => subscriber,
+        Err(error) => {
+            warn!(%error, "cannot watch dpeAlive reports");
+            return;
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        match subscriber.recv().await {
+            Ok(Ok(message)) => {
+                if seen.insert(message.topic.clone()) {
+                    info!(topic = %message.topic, "first dpeAlive");
+                }
+            }
+            Ok(Err(error)) => {
+                warn!(topic = error.topic().unwrap_or("?"), %error, "dropped a malformed report");
+            }
+            Err(error) => {
+                warn!(%error, "receiving dpeAlive reports failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Binds the proxy and the registrar, on `port` or on free ports when it is 0.

@@ -9,7 +9,7 @@ pub enum XmsgError {
     #[error("failed to bind the {socket} socket on {host}:{port}: {reason}")]
     Bind { socket: &'static str, host: String, port: u16, reason: String },
     #[error(
-        "no {what} reachable at {host}: tried ports {}: {reason}\n  \
+        "no {what} reachable at {host}: tried {}: {reason}\n  \
          (hint: check that the front end runs and that its base port is the one given)",
         list_ports(.ports)
     )]
@@ -28,6 +28,8 @@ pub enum XmsgError {
     Socket { operation: String, reason: String },
 }
 
+/// Formats ports as `port 7775` or `ports 7771, 7772`.
 fn list_ports(ports: &[u16]) -> String {
-    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+    let list = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    if ports.len() == 1 { format!("port {list}") } else { format!("ports {list}") }
 }

@@ -6,10 +6,10 @@
 //!
 //! The binary comes from `TESTBED_DOCKER_MOCK_BIN` when that is set. Otherwise the harness
 //! builds it with cargo (`$CARGO`, or `cargo` on the PATH) in the workspace it was built from:
-//! `cargo build --target <arch>-unknown-linux-gnu -p testbed --bin mock-ersap` with
-//! `RUSTFLAGS=-C target-feature=+crt-static`, and `--release` when the harness itself is a
-//! release build (as under `cargo xtask`). A debug harness, as in the tests, gets a debug
-//! mock, which rebuilds in a fraction of the time after a source change. The explicit
+//! `cargo build --target <arch>-unknown-linux-gnu -p testbed --bin mock-ersap` with the
+//! static flags of `STATIC_RUSTFLAGS`, and `--release` when the harness itself is a release
+//! build (as under `cargo xtask`). A debug harness, as in the tests, gets a debug mock, which
+//! rebuilds in a fraction of the time after a source change. The explicit
 //! `--target` keeps the static flag away from build scripts and proc macros and gives the
 //! static binary a folder of its own, so it never replaces the dynamically linked one. When
 //! the binary is current, cargo only checks it, which takes about a second; the first build
@@ -38,6 +38,11 @@ const DOCKERFILE: &str = "FROM scratch\n\
     COPY mock-ersap /mock-ersap\n\
     ENTRYPOINT [\"/mock-ersap\"]\n\
     CMD [\"--node-agent\"]\n";
+
+/// Flags of the static build. Line tables keep backtraces readable and the binary a fraction
+/// of the size that full debug information gives it, which matters for a debug build: every
+/// changed binary travels to the engine as a build context and stays there as an image.
+const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static -C debuginfo=line-tables-only";
 
 /// Path of the binary inside the image.
 pub const BINARY_IN_IMAGE: &str = "/mock-ersap";
@@ -178,7 +183,7 @@ async fn static_binary() -> Result<PathBuf, BackendError> {
         .args(if cfg!(debug_assertions) { &[][..] } else { &["--release"][..] })
         // CARGO_ENCODED_RUSTFLAGS, which cargo sets for build scripts, would win over RUSTFLAGS.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("RUSTFLAGS", STATIC_RUSTFLAGS)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()

@@ -232,13 +232,13 @@ impl DockerBackend {
     /// Connects a node to the wan network again, under its node name.
     pub async fn reconnect_node(&self, node: &str) -> Result<(), FaultError> {
         let container = self.node(node, "reconnect to the wan network")?;
-        connect_with_alias(&self.docker, &self.wan, &container.name, node).await.map_err(|reason| {
-            FaultError {
+        connect_with_alias(&self.docker, &self.wan, &container.name, node).await.map_err(
+            |reason| FaultError {
                 action: "reconnect to the wan network",
                 target: format!("node {node}"),
                 reason,
-            }
-        })?;
+            },
+        )?;
         info!(node, network = %self.wan, "reconnected node to the wan network");
         Ok(())
     }
