@@ -706,6 +706,15 @@ impl Orchestrator {
         }
         self.stop_one(failed).await;
         let cluster = self.topology.node(old_node).cluster;
+        // A lost or cut-off cluster takes its other nodes down too: check them all before
+        // the cluster level picks one.
+        for node in self.topology.cluster(cluster).nodes.clone() {
+            if !self.dead_nodes.contains(&node) && !self.backend.node_alive(node).await {
+                warn!(node = %self.topology.node(node).name, "node is down");
+                self.dead_nodes.insert(node);
+                self.capacity.remove_node(node);
+            }
+        }
         let node = match place_replicas(&self.topology, cluster, cores, 1, &mut self.capacity) {
             Some(nodes) => nodes[0],
             None => {

@@ -67,7 +67,7 @@ fn process_exists(pid: i32) -> bool {
 }
 
 // Docker leftovers. Every container and network of the docker backend carries the labels of
-// `backends::docker::labels`; one whose harness pid no longer runs on this host is left over.
+// `backends::docker::labels`. One whose harness pid no longer runs on this host is left over.
 
 /// Containers and networks of docker runs whose harness process no longer exists.
 #[derive(Debug, Default)]

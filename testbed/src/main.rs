@@ -150,6 +150,12 @@ enum Suite {
     Provision,
     /// Wall time and simulated events per second of the sim backend on 100 to 10,000 nodes.
     Sim,
+    /// Every fault kind at a fixed rate: detection, recovery, replays, events lost.
+    Recovery,
+    /// A manual rescale and the autoscaler: settling time and steps.
+    Rescale,
+    /// Recovery and rescale together.
+    Nightly,
 }
 
 fn main() -> ExitCode {
@@ -272,6 +278,56 @@ fn report_error(error: &RunError) -> ExitCode {
 async fn bench_command(args: BenchArgs) -> ExitCode {
     let mock_bin = args.mock_bin.clone().unwrap_or_else(|| sibling_binary("mock-ersap"));
     match args.suite {
+        Suite::Recovery | Suite::Rescale | Suite::Nightly => {
+            use testbed::bench::scenarios::{RECOVERY, RESCALE, run_suite, spread};
+            let (name, scenarios): (&str, Vec<&str>) = match args.suite {
+                Suite::Recovery => ("recovery", RECOVERY.to_vec()),
+                Suite::Rescale => ("rescale", RESCALE.to_vec()),
+                _ => ("nightly", RECOVERY.iter().chain(RESCALE).copied().collect()),
+            };
+            let output = args.output.clone().unwrap_or_else(|| {
+                PathBuf::from(format!("target/testbed/bench-{name}-{}", args.backend.as_str()))
+            });
+            eprintln!(
+                "{name}: {} scenarios x {} repetitions on the {} backend",
+                scenarios.len(),
+                args.repetitions,
+                args.backend.as_str()
+            );
+            let result =
+                run_suite(&scenarios, args.backend, args.repetitions, &mock_bin, &output, |line| {
+                    eprintln!("  {line}");
+                })
+                .await;
+            match result {
+                Ok(result) => {
+                    println!(
+                        "{:<58} {:>8} {:>12} {:>12} {:>12}",
+                        "metric", "unit", "median", "min", "max"
+                    );
+                    for entry in &result.entries {
+                        let (min, max) = spread(entry);
+                        println!(
+                            "{:<58} {:>8} {:>12.3} {:>12.3} {:>12.3}",
+                            entry.name, entry.unit, entry.value, min, max
+                        );
+                    }
+                    println!(
+                        "{} runs; combined results in {}",
+                        result.runs,
+                        output.join("benchmarks.json").display()
+                    );
+                    for failure in &result.failures {
+                        println!("  failed: {failure}");
+                    }
+                    if result.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Suite::Provision => {
             provision_bench(&args.topology, args.repetitions, args.output.as_deref()).await
         }
@@ -359,7 +415,8 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
 /// The provision suite: the docker backend against Compose, `repetitions` times.
 async fn provision_bench(topology: &Path, repetitions: u32, output: Option<&Path>) -> ExitCode {
     use testbed::bench::provision::{self, Setup};
-    let setup = match Setup::new(topology) {
+    eprintln!("provision: preparing the node image; the first build takes minutes");
+    let setup = match Setup::new(topology).await {
         Ok(setup) => setup,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -378,6 +435,7 @@ async fn provision_bench(topology: &Path, repetitions: u32, output: Option<&Path
         setup.compose_command(),
         repetitions
     );
+    eprintln!("provision: node image {}", setup.image().reference());
     if repetitions < 3 {
         eprintln!("note: a median of fewer than 3 repetitions is noisy; pass --repetitions 5");
     }

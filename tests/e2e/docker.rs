@@ -3,7 +3,7 @@
 //! harness.
 //!
 //! These tests need a reachable Docker engine and never skip: without one they fail with a
-//! message that says so. The first of them may spend minutes building the static mock-ersap
+//! message that names the missing engine. The first of them may spend minutes building the static mock-ersap
 //! for the node image; later runs reuse it.
 
 use std::collections::HashMap;
@@ -263,7 +263,7 @@ fn docker_unreachable_engine_exits_2() {
     assert!(stderr.contains("hint: start the Docker daemon"), "{stderr}");
 }
 
-/// A client for the engine, after a ping. Fails the test when no engine answers.
+/// Connects to the engine and pings it; fails the test when no engine replies.
 async fn engine() -> Docker {
     let docker = Docker::connect_with_defaults().unwrap_or_else(|error| no_engine(&error));
     docker.ping().await.unwrap_or_else(|error| no_engine(&error));
@@ -328,7 +328,7 @@ async fn exit_code(docker: &Docker, container: &str) -> i64 {
     inspect.state.and_then(|state| state.exit_code).expect("a stopped container has an exit code")
 }
 
-/// The id of the only run folder in `output`.
+/// Returns the id of the only run folder in `output`.
 fn only_run_id(output: &Path) -> String {
     let runs: Vec<String> = std::fs::read_dir(output)
         .unwrap()

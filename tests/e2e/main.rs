@@ -4,6 +4,7 @@
 mod compare;
 mod conformance;
 mod docker;
+mod faults;
 mod inputs;
 mod report;
 mod smoke;

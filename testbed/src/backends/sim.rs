@@ -52,6 +52,8 @@ struct SimInstance {
     queue: VecDeque<(SeqRange, InstanceId)>,
     /// Ranges sent to each target and not yet processed there, for replay on loss.
     unacked: BTreeMap<InstanceId, Vec<SeqRange>>,
+    /// Ranges a processor sent on, with the upstream replica each came from.
+    origins: Vec<(SeqRange, InstanceId)>,
     /// Ranges to replay once the instance has targets again.
     pending_replay: Vec<SeqRange>,
     /// Source: next sequence number to emit and the end of its range.
@@ -135,9 +137,7 @@ impl World {
                     target.events_in += range.1 - range.0;
                     if target.spec.role == Role::Sink {
                         record_received(target, range);
-                        if let Some(sender) = self.instances.get_mut(&flight.from) {
-                            ack(sender, flight.to, range);
-                        }
+                        self.ack_chain(flight.from, flight.to, range);
                     } else {
                         target.queue.push_back((range, flight.from));
                     }
@@ -202,9 +202,9 @@ impl World {
                     instance.credit = instance.credit.min(1.0);
                 }
                 for (range, from) in outputs {
-                    if let Some(sender) = self.instances.get_mut(&from) {
-                        ack(sender, id, range);
-                    }
+                    // Acknowledged upstream only once downstream acknowledges it, so that a
+                    // range inside a lost processor is still held by its sender.
+                    self.instances.get_mut(&id).expect("listed").origins.push((range, from));
                     self.send(id, range, now);
                 }
                 self.maybe_finish(id, now);
@@ -294,6 +294,32 @@ impl World {
             self.instances.get_mut(&sender).expect("exists").pending_replay.push(range);
         } else {
             self.send(sender, range, now);
+        }
+    }
+}
+
+impl World {
+    /// Acknowledges `range` from `target` to `sender`, and on to the replica that sent it to
+    /// `sender` when `sender` is a processor.
+    fn ack_chain(&mut self, sender: InstanceId, target: InstanceId, range: SeqRange) {
+        let Some(instance) = self.instances.get_mut(&sender) else { return };
+        ack(instance, target, range);
+        let origin = instance
+            .origins
+            .iter()
+            .position(|(held, _)| held.0 <= range.0 && range.1 <= held.1)
+            .map(|index| {
+                let (held, origin) = instance.origins.swap_remove(index);
+                if held.0 < range.0 {
+                    instance.origins.push(((held.0, range.0), origin));
+                }
+                if range.1 < held.1 {
+                    instance.origins.push(((range.1, held.1), origin));
+                }
+                origin
+            });
+        if let Some(origin) = origin {
+            self.ack_chain(origin, sender, range);
         }
     }
 }
@@ -430,6 +456,7 @@ impl Backend for SimBackend {
                 queue: VecDeque::new(),
                 unacked: BTreeMap::new(),
                 pending_replay: Vec::new(),
+                origins: Vec::new(),
                 next_seq: spec.seq_start,
                 end_seq: spec.seq_start + spec.events,
                 credit: 0.0,

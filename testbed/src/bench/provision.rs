@@ -35,27 +35,31 @@ pub struct ProvisionFigures {
     pub compose_down_s: f64,
 }
 
-/// What every repetition shares: the topology and the Compose command.
+/// The topology, the node image and the Compose command, which every repetition shares.
 pub struct Setup {
     topology: Topology,
+    image: NodeImage,
     compose: Vec<String>,
     work_dir: PathBuf,
 }
 
 impl Setup {
-    /// Loads the topology and finds a Compose command: the `docker compose` plugin, or the
-    /// standalone `docker-compose`.
-    pub fn new(topology: &Path) -> anyhow::Result<Setup> {
+    /// Loads the topology, makes sure the node image exists (which builds the static
+    /// mock-ersap the first time) and finds a Compose command: the `docker compose` plugin, or
+    /// the standalone `docker-compose`.
+    pub async fn new(topology: &Path) -> anyhow::Result<Setup> {
         let topology = Topology::load(topology).map_err(|error| anyhow::anyhow!("{error}"))?;
         let compose = find_compose()?;
+        let docker = engine::connect().await?;
+        let image = crate::backends::docker::image::ensure(&docker).await?;
         let work_dir =
             std::env::temp_dir().join(format!("testbed-provision-{}", std::process::id()));
         std::fs::create_dir_all(&work_dir)
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
-        Ok(Setup { topology, compose, work_dir })
+        Ok(Setup { topology, image, compose, work_dir })
     }
 
-    /// The Compose command, such as `docker compose` or `docker-compose`.
+    /// Returns the Compose command, such as `docker compose` or `docker-compose`.
     pub fn compose_command(&self) -> String {
         self.compose.join(" ")
     }
@@ -64,7 +68,11 @@ impl Setup {
         &self.topology
     }
 
-    /// Runs one repetition; `compose_first` says which side goes first.
+    pub fn image(&self) -> &NodeImage {
+        &self.image
+    }
+
+    /// Runs one repetition; with `compose_first`, the Compose side goes first.
     pub async fn measure(&self, compose_first: bool) -> anyhow::Result<ProvisionFigures> {
         let mut figures = ProvisionFigures {
             testbed_up_s: 0.0,
@@ -100,9 +108,9 @@ impl Setup {
     async fn measure_compose(&self) -> anyhow::Result<(f64, f64)> {
         let run = bench_labels();
         let docker = engine::connect().await?;
-        let image = crate::backends::docker::image::ensure(&docker).await?;
         let file = self.work_dir.join(format!("compose-{}.json", run.run_id));
-        let document = compose_file(&self.topology, &run, &crate::artifacts::host_name(), &image);
+        let host = crate::artifacts::host_name();
+        let document = compose_file(&self.topology, &run, &host, &self.image);
         std::fs::write(&file, serde_json::to_vec_pretty(&document)?)
             .with_context(|| format!("cannot write {}", file.display()))?;
         let project = format!("tb-{}", run.run_id);
@@ -181,8 +189,8 @@ pub fn benchmarks(runs: &[ProvisionFigures]) -> Vec<BenchmarkEntry> {
     ]
 }
 
-/// A Compose file, as JSON (which Compose reads as YAML), with the networks and containers
-/// that [`DockerBackend::provision`] creates for `topology`.
+/// Returns a Compose file, as JSON (which Compose reads as YAML), with the networks and
+/// containers that [`DockerBackend::provision`] creates for `topology`.
 pub fn compose_file(topology: &Topology, run: &RunLabels, host: &str, image: &NodeImage) -> Value {
     let run_id = &run.run_id;
     let mut networks = Map::new();
@@ -225,7 +233,7 @@ fn bench_labels() -> RunLabels {
     RunLabels { run_id: crate::run::new_run_id(), harness_pid: std::process::id() }
 }
 
-/// The Compose command: `docker compose` when the plugin answers, else `docker-compose`.
+/// Finds the Compose command: `docker compose` when the plugin runs, else `docker-compose`.
 fn find_compose() -> anyhow::Result<Vec<String>> {
     let answers = |program: &str, args: &[&str]| {
         std::process::Command::new(program)

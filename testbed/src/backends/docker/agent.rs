@@ -14,7 +14,7 @@ pub const NODE_AGENT_FLAG: &str = "--node-agent";
 /// The line the agent prints on stderr once it waits for signals.
 pub const READY_MESSAGE: &str = "testbed node agent ready";
 
-/// Whether the process was started as a node agent.
+/// Checks whether the process was started as a node agent.
 pub fn requested() -> bool {
     std::env::args_os().nth(1).is_some_and(|first| first == NODE_AGENT_FLAG)
 }

@@ -14,10 +14,10 @@ use testcontainers::bollard::query_parameters::{
 };
 use tracing::{debug, warn};
 
-/// How long the engine may take to answer the first request before it counts as unreachable.
+/// How long the engine may take to reply to the first request before it counts as unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Returns testcontainers' client for the configured engine once the engine answers a ping.
+/// Returns testcontainers' client for the configured engine once the engine replies to a ping.
 ///
 /// The error names the address tried and is a [`BackendError::Environment`], which the harness
 /// turns into exit code 2.
@@ -40,7 +40,7 @@ pub fn connect_new() -> Result<Docker, String> {
         .map_err(|error| format!("cannot connect to the Docker engine at {}: {error}", address()))
 }
 
-/// The engine address that a connection tries, for messages.
+/// Returns the engine address that a connection tries, for messages.
 ///
 /// NOTE: testcontainers also reads `tc.host` and `docker.host` from
 /// `~/.testcontainers.properties` and probes rootless socket paths when `DOCKER_HOST` is unset;

@@ -23,12 +23,12 @@ use super::engine;
 
 /// How long a new instance may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// How often, and how many times, the end of a process is inspected until Docker reports its
-/// exit code: the output stream can close a moment before the exit is recorded.
+/// Interval and count of the inspections after a process's output closed, until Docker reports
+/// its exit code. The output can close a moment before Docker records the exit.
 const EXIT_CODE_POLL: Duration = Duration::from_millis(50);
 const EXIT_CODE_POLLS: u32 = 20;
 
-/// What to run in a node container.
+/// A command to run in a node container.
 pub struct ExecRequest<'a> {
     pub container: &'a str,
     pub command: Vec<String>,
@@ -47,7 +47,7 @@ pub struct ExecProcess {
 }
 
 impl ExecProcess {
-    /// How the process ended, or `None` while it runs.
+    /// Returns how the process ended, or `None` while it runs.
     pub fn exit_reason(&self) -> Option<String> {
         self.exit.borrow().clone()
     }
@@ -167,7 +167,7 @@ async fn pump(
             }
         }
     }
-    // Dropping the sender tells a waiting start that no ready line will come.
+    // A dropped sender lets a waiting `start` know that no ready line will come.
     drop(ready);
     let reason = exit_reason(&docker, &exec_id).await;
     debug!(exec = %exec_id, %reason, "instance process ended");

@@ -12,7 +12,7 @@
 //! rebuilds in a fraction of the time after a source change. The explicit
 //! `--target` keeps the static flag away from build scripts and proc macros and gives the
 //! static binary a folder of its own, so it never replaces the dynamically linked one. When
-//! the binary is current, cargo only checks it, which takes about a second; the first build
+//! the binary is current, cargo only checks it, which takes about a second. The first build
 //! compiles every dependency again for the target and takes minutes.
 
 use std::collections::HashMap;
@@ -39,9 +39,9 @@ const DOCKERFILE: &str = "FROM scratch\n\
     ENTRYPOINT [\"/mock-ersap\"]\n\
     CMD [\"--node-agent\"]\n";
 
-/// Flags of the static build. Line tables keep backtraces readable and the binary a fraction
-/// of the size that full debug information gives it, which matters for a debug build: every
-/// changed binary travels to the engine as a build context and stays there as an image.
+/// Flags of the static build. Line tables keep backtraces readable at a fraction of the size
+/// of full debug information. Size matters for a debug build, because every changed binary
+/// travels to the engine as a build context and stays there as an image.
 const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static -C debuginfo=line-tables-only";
 
 /// Path of the binary inside the image.
@@ -136,7 +136,7 @@ async fn build(docker: &Docker, reference: &str, binary: Vec<u8>) -> Result<(), 
     Ok(())
 }
 
-/// A tar archive with the Dockerfile and the binary, the build context of the image.
+/// Packs the Dockerfile and the binary into a tar archive, the build context of the image.
 fn build_context(binary: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut archive = tar::Builder::new(Vec::new());
     for (name, mode, content) in
@@ -273,7 +273,8 @@ mod tests {
 
     #[test]
     fn interpreter_of_this_test_binary_is_found() {
-        // Test binaries are linked dynamically against glibc unless RUSTFLAGS says otherwise.
+        // Test binaries are linked dynamically against glibc unless RUSTFLAGS requests
+        // static linking.
         let bytes = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         if let Some(interpreter) = elf_interpreter(&bytes) {
             assert!(interpreter.contains("ld-linux"), "{interpreter}");

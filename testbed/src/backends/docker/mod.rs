@@ -77,7 +77,7 @@ const STOP_TIMEOUT_S: i32 = 5;
 #[derive(Debug, thiserror::Error)]
 #[error("failed to {action} {target}: {reason}")]
 pub struct FaultError {
-    /// What was attempted, such as `pause` or `disconnect from the wan network`.
+    /// The attempted action, such as `pause` or `disconnect from the wan network`.
     pub action: &'static str,
     /// `node <name>` or `cluster <name>`.
     pub target: String,
@@ -142,17 +142,17 @@ impl DockerBackend {
         })
     }
 
-    /// The node image this backend starts its containers from.
+    /// Returns the node image this backend starts its containers from.
     pub fn image(&self) -> &NodeImage {
         &self.image
     }
 
-    /// The run id that names and labels every resource of this backend.
+    /// Returns the run id that names and labels every resource of this backend.
     pub fn run_id(&self) -> &str {
         &self.labels.run_id
     }
 
-    /// Node names with the names of their containers, once provisioned.
+    /// Returns the node names with the names of their containers, once provisioned.
     pub fn node_containers(&self) -> Vec<(String, String)> {
         self.nodes.iter().map(|(node, container)| (node.clone(), container.name.clone())).collect()
     }
@@ -303,9 +303,9 @@ impl DockerBackend {
         }
     }
 
-    /// Whether `pid` is still the process of `instance`: its environment carries this run's id
-    /// and its command line the instance's stage and replica. Checked right before a SIGKILL,
-    /// so that a pid the kernel has since reused is never signalled.
+    /// Checks that `pid` is still the process of `instance`: its environment carries this
+    /// run's id and its command line the instance's stage and replica. The check runs right
+    /// before a SIGKILL, so that a pid the kernel has since reused is not signalled.
     fn is_instance_process(&self, pid: i64, instance: &Instance) -> bool {
         let proc = PathBuf::from(format!("/proc/{pid}"));
         let environ = std::fs::read(proc.join("environ")).unwrap_or_default();
@@ -396,6 +396,7 @@ impl Backend for DockerBackend {
                 spec.node_name, self.labels.run_id
             )));
         };
+
         let mut command = vec![image::BINARY_IN_IMAGE.to_string()];
         command.extend(instance_args(spec, &self.labels, "0.0.0.0"));
         command.push(format!("--advertise={}", spec.node_name));
@@ -409,6 +410,7 @@ impl Backend for DockerBackend {
             log_path: exec::log_path(&self.log_dir, &name),
         };
         let process = exec::start(&self.docker, request).await.map_err(start_error)?;
+
         let endpoints = InstanceEndpoints {
             control_url: format!("http://{}:{}", node.address, process.ready.control_port),
             data_addr: format!("{}:{}", spec.node_name, process.ready.data_port),
@@ -524,7 +526,7 @@ impl Drop for DockerBackend {
     }
 }
 
-/// What starting a node container needs from the backend.
+/// The parts of the backend that starting a node container needs.
 struct NodeContext<'a> {
     docker: &'a Docker,
     image: &'a NodeImage,
@@ -549,6 +551,7 @@ async fn start_node(
         what: format!("node container {name} of {site}/{cluster}"),
         reason,
     };
+
     let log_path = context.log_dir.join(format!("node-{node}.log"));
     let log = std::fs::File::create(&log_path)
         .map_err(|error| failed(format!("cannot create {}: {error}", log_path.display())))?;
@@ -568,7 +571,8 @@ async fn start_node(
     let container = request.start().await.map_err(|error| {
         failed(format!("{error}; the container's log ends with:\n{}", engine::tail(&log_path, 20)))
     })?;
-    // testcontainers 0.25, the last release for Rust 1.85, sets neither a host name nor a
+
+    // testcontainers 0.25, the last release that builds with Rust 1.85, sets neither a host name nor a
     // network alias, so the container joins its cluster network again under its node name
     // before any instance runs in it.
     let request = NetworkDisconnectRequest { container: Some(name.clone()), force: Some(true) };
@@ -577,6 +581,7 @@ async fn start_node(
     })?;
     connect_with_alias(context.docker, &network, &name, node).await.map_err(failed)?;
     connect_with_alias(context.docker, context.wan, &name, node).await.map_err(failed)?;
+
     let address = container_address(context.docker, &name, &network).await.map_err(failed)?;
     debug!(node, container = %name, %address, "node container ready");
     Ok(NodeContainer {
@@ -589,8 +594,8 @@ async fn start_node(
     })
 }
 
-/// A testcontainers log consumer that appends a container's output to its log file as it
-/// arrives, so the log survives the container's removal and a crash of the harness.
+/// Returns a testcontainers log consumer that appends a container's output to its log file as
+/// it arrives, so the log survives the container's removal and a crash of the harness.
 fn node_log_writer(file: std::fs::File) -> impl Fn(&LogFrame) + Send + Sync + 'static {
     let file = Arc::new(Mutex::new(file));
     move |frame: &LogFrame| {
@@ -623,7 +628,7 @@ async fn connect_with_alias(
         .map_err(|error| format!("cannot connect {container} to {network}: {error}"))
 }
 
-/// The IPv4 address of a container on one network.
+/// Returns the IPv4 address of a container on one network.
 async fn container_address(
     docker: &Docker,
     container: &str,
