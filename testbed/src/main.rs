@@ -7,6 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Prints a line on stdout and ignores a closed pipe, so that `testbed run | head -1` ends
+/// the reader, not the harness in the middle of its teardown.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use clap::{Args, Parser, Subcommand};
 use testbed::bench::compare::{self, BenchmarkEntry};
 use testbed::bench::dataplane::DataplaneFigures;
@@ -236,7 +245,7 @@ async fn run_command(args: RunArgs) -> ExitCode {
         Ok(summary) => {
             let status = if summary.passed { "PASSED" } else { "FAILED" };
             let sink = summary.stages.last();
-            println!(
+            out!(
                 "{status} {}: {} events sent, {} received, {} lost, {} duplicated; {:.0} events/s, \
                  p99 latency {:.1} ms; {:.1} s in total",
                 summary.scenario,
@@ -249,17 +258,19 @@ async fn run_command(args: RunArgs) -> ExitCode {
                 summary.phases_s.total,
             );
             for expectation in summary.expectations.iter().filter(|e| !e.passed) {
-                println!(
+                out!(
                     "  failed: {}: expected {}, got {}",
-                    expectation.name, expectation.expected, expectation.actual
+                    expectation.name,
+                    expectation.expected,
+                    expectation.actual
                 );
             }
             for error in &summary.errors {
-                println!("  error: {error}");
+                out!("  error: {error}");
             }
             match latest {
-                Ok(_) => println!("artifacts: {}", run_dir.display()),
-                Err(error) => println!("artifacts: {} ({error:#})", run_dir.display()),
+                Ok(_) => out!("artifacts: {}", run_dir.display()),
+                Err(error) => out!("artifacts: {} ({error:#})", run_dir.display()),
             }
             if summary.passed { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
@@ -301,24 +312,32 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
                 .await;
             match result {
                 Ok(result) => {
-                    println!(
+                    out!(
                         "{:<58} {:>8} {:>12} {:>12} {:>12}",
-                        "metric", "unit", "median", "min", "max"
+                        "metric",
+                        "unit",
+                        "median",
+                        "min",
+                        "max"
                     );
                     for entry in &result.entries {
                         let (min, max) = spread(entry);
-                        println!(
+                        out!(
                             "{:<58} {:>8} {:>12.3} {:>12.3} {:>12.3}",
-                            entry.name, entry.unit, entry.value, min, max
+                            entry.name,
+                            entry.unit,
+                            entry.value,
+                            min,
+                            max
                         );
                     }
-                    println!(
+                    out!(
                         "{} runs; combined results in {}",
                         result.runs,
                         output.join("benchmarks.json").display()
                     );
                     for failure in &result.failures {
-                        println!("  failed: {failure}");
+                        out!("  failed: {failure}");
                     }
                     if result.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
                 }
@@ -333,7 +352,7 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
         }
         Suite::Sim => {
             let folder = PathBuf::from("target/testbed/bench-sim");
-            println!(
+            out!(
                 "{:>7} {:>8} {:>9} {:>10} {:>11} {:>8} {:>16}",
                 "nodes",
                 "clusters",
@@ -350,7 +369,7 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
                 })
                 .await;
                 match result {
-                    Ok(Ok(figures)) => println!(
+                    Ok(Ok(figures)) => out!(
                         "{:>7} {:>8} {:>9} {:>10} {:>11.1} {:>8.2} {:>16.0}{}",
                         figures.nodes,
                         figures.clusters,
@@ -397,14 +416,15 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
                     }
                 };
                 if args.repetitions > 1 {
-                    println!("repetition {repetition} of {}", args.repetitions);
+                    out!("repetition {repetition} of {}", args.repetitions);
                 }
-                println!("loopback TCP      {:>10.1} MB/s", figures.loopback_mb_s);
-                println!(
+                out!("loopback TCP      {:>10.1} MB/s", figures.loopback_mb_s);
+                out!(
                     "chain             {:>10.1} MB/s  {:>12.0} events/s",
-                    figures.chain_mb_s, figures.chain_events_s
+                    figures.chain_mb_s,
+                    figures.chain_events_s
                 );
-                println!("chain / loopback  {:>10.2}", figures.ratio());
+                out!("chain / loopback  {:>10.2}", figures.ratio());
                 runs.push(figures);
             }
             write_benchmarks(args.output.as_deref(), &dataplane_benchmarks(&runs))
@@ -448,7 +468,7 @@ async fn provision_bench(topology: &Path, repetitions: u32, output: Option<&Path
                 return ExitCode::from(1);
             }
         };
-        println!(
+        out!(
             "repetition {repetition}: testbed {:.2} s up, {:.2} s down; compose {:.2} s up, \
              {:.2} s down",
             figures.testbed_up_s,
@@ -460,7 +480,7 @@ async fn provision_bench(topology: &Path, repetitions: u32, output: Option<&Path
     }
     let entries = provision::benchmarks(&runs);
     for entry in &entries {
-        println!("{:<34} {:>8.3} {}", entry.name, entry.value, entry.unit);
+        out!("{:<34} {:>8.3} {}", entry.name, entry.value, entry.unit);
     }
     write_benchmarks(output, &entries)
 }
@@ -558,7 +578,7 @@ async fn clean_command() -> ExitCode {
     let mut runs: Vec<&str> = leftovers.iter().map(|process| process.run_id.as_str()).collect();
     runs.sort_unstable();
     runs.dedup();
-    println!("removed {killed} leftover instance processes of {} runs", runs.len());
+    out!("removed {killed} leftover instance processes of {} runs", runs.len());
     clean_docker().await
 }
 
@@ -568,7 +588,7 @@ async fn clean_docker() -> ExitCode {
     let leftovers = match testbed::clean::docker_leftovers().await {
         Ok(leftovers) => leftovers,
         Err(error) => {
-            println!("skipped Docker: {}", error.lines().next().unwrap_or_default());
+            out!("skipped Docker: {}", error.lines().next().unwrap_or_default());
             return ExitCode::SUCCESS;
         }
     };
@@ -579,7 +599,7 @@ async fn clean_docker() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!(
+    out!(
         "removed {} leftover containers and {} networks of {} docker runs",
         removed.containers,
         removed.networks,
@@ -587,7 +607,7 @@ async fn clean_docker() -> ExitCode {
     );
     match testbed::clean::remove_unused_images().await {
         Ok(images) if !images.is_empty() => {
-            println!("removed {} unused node images: {}", images.len(), images.join(", "));
+            out!("removed {} unused node images: {}", images.len(), images.join(", "));
         }
         Ok(_) => {}
         Err(error) => eprintln!("warning: {error}"),
