@@ -93,7 +93,9 @@ impl Setup {
     async fn measure_testbed(&self) -> anyhow::Result<(f64, f64)> {
         let labels = bench_labels();
         let log_dir = self.work_dir.join(&labels.run_id);
-        let mut backend = DockerBackend::connect(labels, "provision-bench", &log_dir).await?;
+        let image = self.image.clone();
+        let mut backend =
+            DockerBackend::connect_with_image(image, labels, "provision-bench", &log_dir).await?;
         let start = Instant::now();
         let provisioned = backend.provision(&self.topology).await;
         let up = start.elapsed().as_secs_f64();

@@ -5,9 +5,12 @@
 //! channel costs the same as moving one event, and recycling buffers through [`BufferPool`]
 //! avoids allocating (and page-faulting) a fresh large buffer for every batch.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
+
+use super::ack::AckWriter;
 
 /// Size of the buffers that readers and sources fill, in bytes.
 pub const BATCH_BYTES: usize = 256 * 1024;
@@ -25,6 +28,9 @@ pub struct Batch {
     pub payload_bytes: u64,
     /// Instant at which the batch was handed to a link. The link adds its latency to it.
     pub sent_at: Instant,
+    /// Processor only: the inbound connection the events came from, which receives their
+    /// acknowledgements once the downstream instance has acknowledged the output.
+    pub origin: Option<Arc<AckWriter>>,
 }
 
 impl Batch {

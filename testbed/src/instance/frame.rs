@@ -5,14 +5,16 @@
 //!
 //! | offset | size | field | meaning |
 //! |---|---|---|---|
-//! | 0 | 1 | `kind` | 1 = data, 2 = end of stream |
-//! | 1 | 8 | `seq` | data: the event's sequence number; end: data frames sent on this connection |
+//! | 0 | 1 | `kind` | 1 = data, 2 = end of stream, 3 = acknowledgement |
+//! | 1 | 8 | `seq` | data: the event's sequence number; end: data frames sent on this connection; ack: number of ranges |
 //! | 9 | 8 | `created_ns` | Unix time in nanoseconds when the source created the event |
 //! | 17 | 4 | `len` | payload length in bytes |
 //!
 //! The payload follows the header. An end frame has no payload and is the last frame that a
-//! sender writes on a connection before it closes it. A connection carries frames in one
-//! direction only, from an upstream instance to a downstream one.
+//! sender writes on a connection before it closes it. Data and end frames go from an upstream
+//! instance to a downstream one. Ack frames go the other way on the same connection: their
+//! payload is a list of half-open ranges `[start, end)` of sequence numbers, each as two
+//! little-endian `u64`, which the receiver has handled and the sender may forget.
 
 use thiserror::Error;
 
@@ -28,7 +30,11 @@ pub const MAX_PAYLOAD_LEN: u32 = 256 * 1024 * 1024;
 pub enum FrameKind {
     Data = 1,
     End = 2,
+    Ack = 3,
 }
+
+/// Bytes of one range in an ack frame's payload.
+pub const ACK_RANGE_LEN: usize = 16;
 
 /// Decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +48,12 @@ pub struct FrameHeader {
 /// Violation of the framing rules found while decoding.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
-    #[error("unknown frame kind {0} (expected 1 = data or 2 = end)")]
+    #[error("unknown frame kind {0} (expected 1 = data, 2 = end or 3 = ack)")]
     UnknownKind(u8),
+    #[error("ack frame of {ranges} ranges has a payload of {len} bytes (expected 16 per range)")]
+    AckLength { ranges: u64, len: u32 },
+    #[error("ack frame has a range that ends before it starts: {start}..{end}")]
+    AckRange { start: u64, end: u64 },
     #[error("end frame declares a payload of {0} bytes (end frames have none)")]
     EndWithPayload(u32),
     #[error("frame payload of {len} bytes exceeds the limit of {max} bytes")]
@@ -97,6 +107,7 @@ impl FrameHeader {
         let kind = match header[0] {
             1 => FrameKind::Data,
             2 => FrameKind::End,
+            3 => FrameKind::Ack,
             other => return Err(FrameError::UnknownKind(other)),
         };
         let seq = u64::from_le_bytes(header[1..9].try_into().expect("slice of 8 bytes"));
@@ -108,6 +119,9 @@ impl FrameHeader {
         if len > MAX_PAYLOAD_LEN {
             return Err(FrameError::TooLarge { len, max: MAX_PAYLOAD_LEN });
         }
+        if kind == FrameKind::Ack && seq.checked_mul(ACK_RANGE_LEN as u64) != Some(u64::from(len)) {
+            return Err(FrameError::AckLength { ranges: seq, len });
+        }
         Ok(Some(Self { kind, seq, created_ns, len }))
     }
 }
@@ -117,6 +131,53 @@ pub fn push_data_frame(out: &mut Vec<u8>, seq: u64, created_ns: u64, payload: &[
     let len = u32::try_from(payload.len()).expect("payload length fits in u32");
     out.extend_from_slice(&FrameHeader::data(seq, created_ns, len).to_bytes());
     out.extend_from_slice(payload);
+}
+
+/// Appends an ack frame for `ranges` to `out`.
+pub fn push_ack_frame(out: &mut Vec<u8>, ranges: &[std::ops::Range<u64>]) {
+    let len = u32::try_from(ranges.len() * ACK_RANGE_LEN).expect("ack payload fits in u32");
+    let header = FrameHeader { kind: FrameKind::Ack, seq: ranges.len() as u64, created_ns: 0, len };
+    out.extend_from_slice(&header.to_bytes());
+    for range in ranges {
+        out.extend_from_slice(&range.start.to_le_bytes());
+        out.extend_from_slice(&range.end.to_le_bytes());
+    }
+}
+
+/// Decodes the ranges of an ack frame's payload. A payload whose length is not the header's
+/// range count times 16 bytes, as in a truncated frame, is an error.
+pub fn decode_ack(
+    header: &FrameHeader,
+    payload: &[u8],
+) -> Result<Vec<std::ops::Range<u64>>, FrameError> {
+    let expected = header.seq.checked_mul(ACK_RANGE_LEN as u64);
+    if header.kind != FrameKind::Ack || expected != Some(payload.len() as u64) {
+        return Err(FrameError::AckLength { ranges: header.seq, len: payload.len() as u32 });
+    }
+    payload
+        .chunks_exact(ACK_RANGE_LEN)
+        .map(|chunk| {
+            let start = u64::from_le_bytes(chunk[..8].try_into().expect("slice of 8 bytes"));
+            let end = u64::from_le_bytes(chunk[8..].try_into().expect("slice of 8 bytes"));
+            if end < start {
+                return Err(FrameError::AckRange { start, end });
+            }
+            Ok(start..end)
+        })
+        .collect()
+}
+
+/// Sorts `seqs` and merges them into the fewest half-open ranges.
+pub fn coalesce_ranges(seqs: &mut [u64]) -> Vec<std::ops::Range<u64>> {
+    seqs.sort_unstable();
+    let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+    for &seq in seqs.iter() {
+        match ranges.last_mut() {
+            Some(last) if seq <= last.end => last.end = last.end.max(seq.saturating_add(1)),
+            _ => ranges.push(seq..seq.saturating_add(1)),
+        }
+    }
+    ranges
 }
 
 /// One complete frame found in a buffer.
@@ -255,6 +316,43 @@ mod tests {
         assert_eq!(
             FrameHeader::decode(&huge),
             Err(FrameError::TooLarge { len: MAX_PAYLOAD_LEN + 1, max: MAX_PAYLOAD_LEN })
+        );
+    }
+
+    #[test]
+    fn ack_frame_round_trips_ranges() {
+        let mut seqs = vec![7, 3, 4, 5, 100, 6, 101, 4];
+        let ranges = coalesce_ranges(&mut seqs);
+        assert_eq!(ranges, vec![3..8, 100..102]);
+
+        let mut buf = Vec::new();
+        push_ack_frame(&mut buf, &ranges);
+        assert_eq!(buf.len(), HEADER_LEN + 2 * ACK_RANGE_LEN);
+        let frame = FrameReader::new(&buf).next().expect("one frame").expect("valid frame");
+        assert_eq!(frame.header.kind, FrameKind::Ack);
+        assert_eq!(decode_ack(&frame.header, frame.payload), Ok(ranges));
+    }
+
+    #[test]
+    fn truncated_ack_frame_is_an_error() {
+        let mut buf = Vec::new();
+        push_ack_frame(&mut buf, &[1..5, 9..12]);
+        let header = FrameHeader::decode(&buf).expect("valid").expect("complete");
+        let payload = &buf[HEADER_LEN..buf.len() - 3];
+        assert_eq!(decode_ack(&header, payload), Err(FrameError::AckLength { ranges: 2, len: 29 }));
+
+        let mut bad_len = buf[..HEADER_LEN].to_vec();
+        bad_len[17] = 5;
+        assert_eq!(FrameHeader::decode(&bad_len), Err(FrameError::AckLength { ranges: 2, len: 5 }));
+
+        let mut backwards = Vec::new();
+        // Built field by field, because a literal `9..3` reads as a mistake.
+        let reversed = std::ops::Range { start: 9, end: 3 };
+        push_ack_frame(&mut backwards, std::slice::from_ref(&reversed));
+        let header = FrameHeader::decode(&backwards).expect("valid").expect("complete");
+        assert_eq!(
+            decode_ack(&header, &backwards[HEADER_LEN..]),
+            Err(FrameError::AckRange { start: 9, end: 3 })
         );
     }
 

@@ -6,19 +6,29 @@
 //! channel. The link thread applies the emulated latency and bandwidth ([`Shaper`]), writes
 //! through a large buffered writer and flushes whenever nothing more is waiting.
 //!
-//! Shutdown of a link goes through a `Close` message queued behind the data, so everything
-//! handed over before it is written first. On a drain the close also writes the end frame. A
-//! link dropped by a later `PUT /targets` closes without one, because its receiver will not
-//! count it among its expected ends.
+//! Every event a link is handed stays in the link's unacknowledged buffer until the receiver
+//! acknowledges its sequence number with an ack frame on the same connection, which the
+//! link's ack reader thread reads. A buffer holds at most [`WINDOW_EVENTS`] events or
+//! [`WINDOW_BYTES`] bytes; beyond that, producers wait.
 //!
-//! A link whose write fails is marked dead: the router skips it, and the batches that still
-//! reach it are dropped and counted as lost. Nothing is resent.
+//! A link fails when a write or a read fails or the receiver closes the connection while
+//! events are unacknowledged. The router then skips it, and its ack reader replays the
+//! unacknowledged events over the remaining links, round robin, counting them in `replayed`.
+//! The replayed events may reach a receiver twice, never zero times.
+//!
+//! On a drain, producers first wait until every event is acknowledged, then a `Close` message
+//! queued behind the data writes the end frame. A link dropped by a later `PUT /targets`
+//! closes without one, because its receiver will not count it among its expected ends: the
+//! link writes what it has queued, and if its events are not all acknowledged within
+//! [`RETIRE_GRACE`] (a frozen or dead receiver), its socket is shut down, which wakes a
+//! blocked writer, and the rest is replayed.
 
-use std::collections::VecDeque;
-use std::io::{self, BufWriter, Write};
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, BufWriter, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::ops::{Deref, Range};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -27,8 +37,9 @@ use orchestrator::control::Target;
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
-use super::batch::{Batch, BufferPool};
-use super::frame::FrameHeader;
+use super::ack::AckWriter;
+use super::batch::{BATCH_BYTES, Batch, BufferPool};
+use super::frame::{FrameHeader, FrameKind, FrameReader, decode_ack};
 use super::shaper::Shaper;
 use super::stats::Counters;
 
@@ -44,6 +55,13 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// Writes at least this large skip the write buffer. Copying them into it would only add a
 /// memory copy, because they are large enough to make one system call worthwhile.
 const DIRECT_WRITE_BYTES: usize = 32 * 1024;
+/// Maximum unacknowledged events per link before producers wait for acknowledgements.
+pub const WINDOW_EVENTS: usize = 65_536;
+/// Maximum unacknowledged frame bytes per link before producers wait.
+pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
+/// Time a link removed by `PUT /targets` gets to see its events acknowledged before its
+/// socket is shut down and the rest is replayed.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(1);
 
 /// Invalid or unreachable target in `PUT /targets`.
 #[derive(Debug, Error)]
@@ -80,13 +98,28 @@ pub enum TargetError {
 
 /// Round-robin distribution of batches over the current links.
 #[derive(Debug)]
-pub struct Router {
+pub struct Router(Arc<RouterInner>);
+
+/// State of a [`Router`], shared with the ack reader threads that replay a failed link.
+#[derive(Debug)]
+pub struct RouterInner {
     links: Mutex<Links>,
     changed: Condvar,
     next: AtomicUsize,
     counters: Arc<Counters>,
     pool: Arc<BufferPool>,
     span: tracing::Span,
+    /// Events sent and not yet acknowledged, including those being replayed.
+    unacked: AtomicU64,
+    weak_self: Weak<RouterInner>,
+}
+
+impl Deref for Router {
+    type Target = RouterInner;
+
+    fn deref(&self) -> &RouterInner {
+        &self.0
+    }
 }
 
 #[derive(Debug, Default)]
@@ -97,16 +130,20 @@ struct Links {
 
 impl Router {
     pub fn new(counters: Arc<Counters>, pool: Arc<BufferPool>, span: tracing::Span) -> Self {
-        Self {
+        Self(Arc::new_cyclic(|weak_self| RouterInner {
             links: Mutex::new(Links::default()),
             changed: Condvar::new(),
             next: AtomicUsize::new(0),
             counters,
             pool,
             span,
-        }
+            unacked: AtomicU64::new(0),
+            weak_self: weak_self.clone(),
+        }))
     }
+}
 
+impl RouterInner {
     /// Replaces the set of targets. Links to addresses that stay keep their connection and
     /// take the new latency and bandwidth. New addresses are connected, with retries for up
     /// to [`CONNECT_WINDOW`], before anything changes, so a failure leaves the old set.
@@ -134,7 +171,7 @@ impl Router {
                 }
                 None => {
                     let stream = connect_with_retries(&target.addr, addr)?;
-                    Arc::new(Link::spawn(target.clone(), stream, self)?)
+                    Link::spawn(target.clone(), stream, self)?
                 }
             };
             next_links.push(link);
@@ -153,9 +190,21 @@ impl Router {
         self.changed.notify_all();
         for link in dropped {
             info!(target_addr = %link.addr, "closing link to a removed target");
-            link.close(false);
+            link.retire();
         }
         Ok(())
+    }
+
+    /// Blocks until every event sent so far is acknowledged, replays included.
+    pub fn wait_until_acked(&self) {
+        while self.unacked.load(Ordering::Acquire) > 0 {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Number of events sent and not yet acknowledged.
+    pub fn unacked_events(&self) -> u64 {
+        self.unacked.load(Ordering::Acquire)
     }
 
     /// Number of links that have not failed.
@@ -176,11 +225,19 @@ impl Router {
         }
     }
 
-    /// Queues `batch` on the next live link, waiting for targets if none is live.
+    /// Queues `batch` on the next live link, waiting for targets if none is live. After
+    /// [`RouterInner::close_all`] the batch is dropped and counted as lost.
     pub fn send(&self, mut batch: Batch) {
         loop {
             let link = {
                 let links = self.lock();
+                if links.closed {
+                    drop(links);
+                    warn!(events = batch.events, "events arrived after the drain; dropped");
+                    Counters::add(&self.counters.lost, batch.events);
+                    self.pool.give_back(batch.data);
+                    return;
+                }
                 let live = || links.current.iter().filter(|link| link.is_alive());
                 match live().count() {
                     0 => None,
@@ -198,18 +255,37 @@ impl Router {
             let Some(tx) = link.sender() else {
                 continue;
             };
-            batch.sent_at = Instant::now();
-            match tx.send(LinkMessage::Data(batch)) {
-                Ok(()) => return,
-                Err(err) => {
-                    // The link thread has exited, so the next link gets the batch.
-                    link.alive.store(false, Ordering::Release);
-                    let LinkMessage::Data(returned) = err.into_inner() else {
-                        unreachable!("the message sent was data");
-                    };
+            // A link whose buffer was taken for replay rejects the batch; pick again.
+            let sent = match link.register(batch, self) {
+                Ok(sent) => sent,
+                Err(returned) => {
                     batch = returned;
+                    continue;
                 }
+            };
+            if tx.send(LinkMessage::Data(sent)).is_err() {
+                // The link thread has exited after a failure. The batch is in the link's
+                // unacknowledged buffer, which its ack reader replays.
+                link.alive.store(false, Ordering::Release);
             }
+            return;
+        }
+    }
+
+    /// Sends the unacknowledged events of a failed or removed link to the other links.
+    fn replay(&self, link: &Link) {
+        let batches = link.take_for_replay();
+        let events: u64 = batches.iter().map(|batch| batch.events).sum();
+        if events == 0 {
+            return;
+        }
+        warn!(target_addr = %link.addr, events, "replaying unacknowledged events to the other targets");
+        Counters::add(&self.counters.replayed, events);
+        for batch in batches {
+            let count = batch.events;
+            self.send(batch);
+            // `send` counted the batch again on its new link.
+            self.unacked.fetch_sub(count, Ordering::AcqRel);
         }
     }
 
@@ -229,9 +305,87 @@ impl Router {
         }
     }
 
+    /// Shuts every link down at once and drops everything sent afterwards, as a dead
+    /// process would: nothing is replayed and no end frame is written.
+    #[cfg(test)]
+    pub(crate) fn kill(&self) {
+        let links = {
+            let mut links = self.lock();
+            links.closed = true;
+            std::mem::take(&mut links.current)
+        };
+        for link in links {
+            link.lock_unacked().closed = true;
+            link.abort();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Links> {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Unacknowledged events with consecutive sequence numbers `[start, end)` whose frames,
+/// all `frame_len` bytes long, follow each other in `batch` from byte `offset` on.
+#[derive(Debug, Clone)]
+struct StoredRun {
+    end: u64,
+    batch: Arc<StoredBatch>,
+    offset: usize,
+    frame_len: usize,
+}
+
+impl StoredRun {
+    /// Returns the part of the run from sequence number `start` (the run's start is `from`).
+    fn suffix(&self, from: u64, start: u64) -> StoredRun {
+        let mut rest = self.clone();
+        rest.offset += (start - from) as usize * self.frame_len;
+        rest
+    }
+}
+
+/// Frames of a sent batch, shared by the link writer and the unacknowledged events. The
+/// buffer goes back to the pool once it is written and all its events are acknowledged.
+#[derive(Debug)]
+struct StoredBatch {
+    data: Vec<u8>,
+    len: usize,
+    origin: Option<Arc<AckWriter>>,
+    pool: Arc<BufferPool>,
+}
+
+impl StoredBatch {
+    fn frames(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
+
+impl Drop for StoredBatch {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.data));
+    }
+}
+
+/// Batch queued on a link's channel.
+#[derive(Debug)]
+struct SentBatch {
+    stored: Arc<StoredBatch>,
+    events: u64,
+    payload_bytes: u64,
+    /// Instant at which the batch was handed to the link. The link adds its latency to it.
+    sent_at: Instant,
+}
+
+/// Unacknowledged events of one link as disjoint runs, keyed by their first sequence number.
+/// Keeping runs instead of single events makes the cost per batch and per ack range, not
+/// per event.
+#[derive(Debug, Default)]
+struct Unacked {
+    runs: BTreeMap<u64, StoredRun>,
+    events: usize,
+    bytes: usize,
+    /// Set once the events were taken for replay. The link accepts no more.
+    closed: bool,
 }
 
 /// One outbound connection and the thread that writes to it.
@@ -249,10 +403,15 @@ struct Link {
     tx: Mutex<Option<Sender<LinkMessage>>>,
     alive: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Handle on the connection for shutting it down from other threads.
+    socket: TcpStream,
+    unacked: Mutex<Unacked>,
+    /// Signalled when acknowledgements free room in the window, or the buffer is taken.
+    acked: Condvar,
 }
 
 enum LinkMessage {
-    Data(Batch),
+    Data(SentBatch),
     Reconfigure { latency_us: u64, bandwidth_bps: u64 },
     Close { send_end: bool, sent_at: Instant },
 }
@@ -268,7 +427,14 @@ impl std::fmt::Debug for LinkMessage {
 }
 
 impl Link {
-    fn spawn(target: Target, stream: TcpStream, router: &Router) -> Result<Self, TargetError> {
+    fn spawn(
+        target: Target,
+        stream: TcpStream,
+        router: &RouterInner,
+    ) -> Result<Arc<Self>, TargetError> {
+        let thread_error = |source| TargetError::LinkThread { addr: target.addr.clone(), source };
+        let socket = stream.try_clone().map_err(thread_error)?;
+        let ack_stream = stream.try_clone().map_err(thread_error)?;
         let (tx, rx) = crossbeam_channel::bounded(LINK_CHANNEL_BATCHES);
         let alive = Arc::new(AtomicBool::new(true));
         let writer = LinkWriter {
@@ -280,7 +446,6 @@ impl Link {
             queued_bytes: 0,
             frames_sent: 0,
             counters: Arc::clone(&router.counters),
-            pool: Arc::clone(&router.pool),
             alive: Arc::clone(&alive),
         };
         let span = router.span.clone();
@@ -290,14 +455,208 @@ impl Link {
                 let _entered = span.enter();
                 writer.run();
             })
-            .map_err(|source| TargetError::LinkThread { addr: target.addr.clone(), source })?;
-        Ok(Self {
+            .map_err(thread_error)?;
+        let link = Arc::new(Self {
             addr: target.addr.clone(),
             target: Mutex::new(target),
             tx: Mutex::new(Some(tx)),
             alive,
             thread: Mutex::new(Some(thread)),
-        })
+            socket,
+            unacked: Mutex::new(Unacked::default()),
+            acked: Condvar::new(),
+        });
+        let ack_reader = AckReader {
+            link: Arc::clone(&link),
+            router: router.weak_self.clone(),
+            stream: ack_stream,
+        };
+        let span = router.span.clone();
+        thread::Builder::new()
+            .name(format!("acks-{}", link.addr))
+            .spawn(move || {
+                let _entered = span.enter();
+                ack_reader.run();
+            })
+            .map_err(|source| {
+                link.abort();
+                TargetError::LinkThread { addr: link.addr.clone(), source }
+            })?;
+        Ok(link)
+    }
+
+    /// Stores the events of `batch` as unacknowledged, after waiting for room in the window.
+    /// Returns the batch unchanged if the link's buffer was taken for replay, so that it
+    /// goes elsewhere.
+    fn register(&self, batch: Batch, router: &RouterInner) -> Result<SentBatch, Batch> {
+        let mut state = self.lock_unacked();
+        loop {
+            if state.closed {
+                return Err(batch);
+            }
+            if state.events < WINDOW_EVENTS && state.bytes < WINDOW_BYTES {
+                break;
+            }
+            state = self
+                .acked
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let (events, payload_bytes) = (batch.events, batch.payload_bytes);
+        let stored = Arc::new(StoredBatch {
+            data: batch.data,
+            len: batch.len,
+            origin: batch.origin,
+            pool: Arc::clone(&router.pool),
+        });
+        let mut added = 0;
+        let mut offset = 0;
+        let mut pending: Option<(u64, StoredRun)> = None;
+        for frame in FrameReader::new(stored.frames()) {
+            let Ok(frame) = frame else { break };
+            let frame_len = frame.header.frame_len();
+            if frame.header.kind == FrameKind::Data {
+                let seq = frame.header.seq;
+                match &mut pending {
+                    Some((_, run)) if run.end == seq && run.frame_len == frame_len => {
+                        run.end += 1;
+                    }
+                    _ => {
+                        if let Some((start, run)) = pending.take() {
+                            added += state.insert(start, run);
+                        }
+                        let run = StoredRun {
+                            end: seq.saturating_add(1),
+                            batch: Arc::clone(&stored),
+                            offset,
+                            frame_len,
+                        };
+                        pending = Some((seq, run));
+                    }
+                }
+            }
+            offset += frame_len;
+        }
+        if let Some((start, run)) = pending {
+            added += state.insert(start, run);
+        }
+        drop(state);
+        router.unacked.fetch_add(added, Ordering::AcqRel);
+        Ok(SentBatch { stored, events, payload_bytes, sent_at: Instant::now() })
+    }
+
+    /// Forgets the acknowledged events and, in a processor, acknowledges them upstream.
+    fn acknowledge(&self, ranges: &[Range<u64>], router: &RouterInner) {
+        let mut upstream: Vec<(Arc<AckWriter>, Vec<Range<u64>>)> = Vec::new();
+        let mut removed = 0;
+        {
+            let mut state = self.lock_unacked();
+            for range in ranges {
+                for (start, run) in state.take_overlapping(range.start, range.end) {
+                    let (from, to) = (start.max(range.start), run.end.min(range.end));
+                    removed += to - from;
+                    if start < range.start {
+                        let mut left = run.clone();
+                        left.end = range.start;
+                        state.restore(start, left);
+                    }
+                    if run.end > range.end {
+                        state.restore(range.end, run.suffix(start, range.end));
+                    }
+                    let Some(origin) = &run.batch.origin else { continue };
+                    match upstream.iter_mut().find(|(writer, _)| Arc::ptr_eq(writer, origin)) {
+                        Some((_, acked)) => acked.push(from..to),
+                        None => {
+                            upstream.push((Arc::clone(origin), std::iter::once(from..to).collect()))
+                        }
+                    }
+                }
+            }
+        }
+        self.acked.notify_all();
+        router.unacked.fetch_sub(removed, Ordering::AcqRel);
+        for (writer, mut acked) in upstream {
+            writer.send(&merge_ranges(&mut acked));
+        }
+    }
+
+    /// Takes every unacknowledged event, in sequence order, as batches of at most
+    /// [`BATCH_BYTES`], and closes the buffer to new events.
+    fn take_for_replay(&self) -> Vec<Batch> {
+        let runs = {
+            let mut state = self.lock_unacked();
+            state.closed = true;
+            state.bytes = 0;
+            state.events = 0;
+            std::mem::take(&mut state.runs)
+        };
+        self.acked.notify_all();
+
+        let mut batches: Vec<Batch> = Vec::new();
+        for (start, run) in runs {
+            for index in 0..(run.end - start) as usize {
+                let offset = run.offset + index * run.frame_len;
+                let frame = &run.batch.frames()[offset..offset + run.frame_len];
+                let fits = batches.last().is_some_and(|batch| {
+                    batch.len + frame.len() <= BATCH_BYTES
+                        && same_origin(&batch.origin, &run.batch.origin)
+                });
+                if !fits {
+                    batches.push(Batch {
+                        data: Vec::with_capacity(BATCH_BYTES.max(frame.len())),
+                        len: 0,
+                        events: 0,
+                        payload_bytes: 0,
+                        sent_at: Instant::now(),
+                        origin: run.batch.origin.clone(),
+                    });
+                }
+                let batch = batches.last_mut().expect("a batch was just pushed");
+                batch.data.extend_from_slice(frame);
+                batch.len += frame.len();
+                batch.events += 1;
+                batch.payload_bytes += (frame.len() - super::frame::HEADER_LEN) as u64;
+            }
+        }
+        batches
+    }
+
+    /// Marks the link failed and shuts its socket down, which wakes its writer and its ack
+    /// reader; the ack reader then replays what is unacknowledged.
+    fn abort(&self) {
+        self.alive.store(false, Ordering::Release);
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+
+    /// Closes a link removed from the targets without an end frame. Its writer finishes
+    /// what is queued; what is still unacknowledged after [`RETIRE_GRACE`] is replayed.
+    fn retire(self: Arc<Self>) {
+        self.alive.store(false, Ordering::Release);
+        // Dropping the sender, instead of queueing a `Close`, never blocks on a full channel.
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let link = Arc::clone(&self);
+        let spawned =
+            thread::Builder::new().name(format!("retire-{}", self.addr)).spawn(move || {
+                let deadline = Instant::now() + RETIRE_GRACE;
+                let mut state = link.lock_unacked();
+                while state.events > 0 && !state.closed && Instant::now() < deadline {
+                    state = link
+                        .acked
+                        .wait_timeout(state, Duration::from_millis(20))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                drop(state);
+                link.abort();
+            });
+        if spawned.is_err() {
+            self.abort();
+        }
+    }
+
+    fn lock_unacked(&self) -> std::sync::MutexGuard<'_, Unacked> {
+        self.unacked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn is_alive(&self) -> bool {
@@ -338,6 +697,141 @@ impl Link {
     }
 }
 
+impl Unacked {
+    /// Adds the events of `run` that are not stored yet and returns how many it added. A
+    /// sequence number already stored (an event sent twice) keeps its first frame.
+    fn insert(&mut self, start: u64, run: StoredRun) -> u64 {
+        let mut covered: Vec<(u64, u64)> = self
+            .runs
+            .range(..run.end)
+            .rev()
+            .take_while(|(_, stored)| stored.end > start)
+            .map(|(from, stored)| (*from, stored.end))
+            .collect();
+        covered.reverse();
+        let mut added = 0;
+        let mut cursor = start;
+        for (from, to) in covered.into_iter().chain([(run.end, run.end)]) {
+            if from > cursor {
+                let mut gap = run.suffix(start, cursor);
+                gap.end = from;
+                added += from - cursor;
+                self.restore(cursor, gap);
+            }
+            cursor = cursor.max(to);
+        }
+        added
+    }
+
+    /// Stores a run known to overlap no other.
+    fn restore(&mut self, start: u64, run: StoredRun) {
+        let events = (run.end - start) as usize;
+        self.events += events;
+        self.bytes += events * run.frame_len;
+        self.runs.insert(start, run);
+    }
+
+    /// Removes and returns the runs that overlap `[start, end)`.
+    fn take_overlapping(&mut self, start: u64, end: u64) -> Vec<(u64, StoredRun)> {
+        let keys: Vec<u64> = self
+            .runs
+            .range(..end)
+            .rev()
+            .take_while(|(_, run)| run.end > start)
+            .map(|(from, _)| *from)
+            .collect();
+        let mut taken = Vec::with_capacity(keys.len());
+        for key in keys {
+            let run = self.runs.remove(&key).expect("key was just listed");
+            let events = (run.end - key) as usize;
+            self.events -= events;
+            self.bytes -= events * run.frame_len;
+            taken.push((key, run));
+        }
+        taken
+    }
+}
+
+/// Sorts `ranges` and merges those that touch or overlap.
+fn merge_ranges(ranges: &mut [Range<u64>]) -> Vec<Range<u64>> {
+    ranges.sort_unstable_by_key(|range| range.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for range in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range.clone()),
+        }
+    }
+    merged
+}
+
+fn same_origin(a: &Option<Arc<AckWriter>>, b: &Option<Arc<AckWriter>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Thread that reads a link's ack frames until the connection ends, then replays whatever
+/// is still unacknowledged.
+struct AckReader {
+    link: Arc<Link>,
+    router: Weak<RouterInner>,
+    stream: TcpStream,
+}
+
+impl AckReader {
+    fn run(mut self) {
+        let addr = self.link.addr.clone();
+        match self.read_until_closed() {
+            Ok(()) => debug!(target_addr = %addr, "target closed the connection"),
+            Err(err) => warn!(target_addr = %addr, error = %err, "reading acknowledgements failed"),
+        }
+        // Whatever ended the connection, this link carries nothing more.
+        self.link.abort();
+        if let Some(router) = self.router.upgrade() {
+            router.replay(&self.link);
+        }
+    }
+
+    fn read_until_closed(&mut self) -> io::Result<()> {
+        let mut buf = vec![0; 64 * 1024];
+        let mut filled = 0;
+        loop {
+            if filled == buf.len() {
+                let grown = buf.len() * 2;
+                buf.resize(grown, 0);
+            }
+            let n = match self.stream.read(&mut buf[filled..]) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            filled += n;
+            let Some(router) = self.router.upgrade() else { return Ok(()) };
+            let mut reader = FrameReader::new(&buf[..filled]);
+            for frame in reader.by_ref() {
+                let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidData, message);
+                let frame = frame.map_err(|err| invalid(err.to_string()))?;
+                if frame.header.kind != FrameKind::Ack {
+                    return Err(invalid(format!(
+                        "unexpected {:?} frame from a target",
+                        frame.header.kind
+                    )));
+                }
+                let ranges = decode_ack(&frame.header, frame.payload)
+                    .map_err(|err| invalid(err.to_string()))?;
+                self.link.acknowledge(&ranges, &router);
+            }
+            let consumed = reader.consumed();
+            buf.copy_within(consumed..filled, 0);
+            filled -= consumed;
+        }
+    }
+}
+
 /// State of a link thread.
 struct LinkWriter {
     addr: String,
@@ -345,11 +839,10 @@ struct LinkWriter {
     rx: Receiver<LinkMessage>,
     shaper: Shaper,
     /// Batches received but not yet released by the latency.
-    queue: VecDeque<Batch>,
+    queue: VecDeque<SentBatch>,
     queued_bytes: usize,
     frames_sent: u64,
     counters: Arc<Counters>,
-    pool: Arc<BufferPool>,
     alive: Arc<AtomicBool>,
 }
 
@@ -369,9 +862,11 @@ impl LinkWriter {
                 error!(
                     target_addr = %self.addr,
                     error = %err,
-                    "failed to write to target; dropping the events sent to it from now on"
+                    "failed to write to target; its unacknowledged events will be replayed"
                 );
                 self.alive.store(false, Ordering::Release);
+                // Wakes the ack reader, which replays the link's unacknowledged events.
+                let _ = self.stream.get_ref().shutdown(Shutdown::Both);
                 self.discard_until_closed();
             }
         }
@@ -424,7 +919,7 @@ impl LinkWriter {
     fn accept(&mut self, message: LinkMessage, close: &mut Option<CloseRequest>) {
         match message {
             LinkMessage::Data(batch) => {
-                self.queued_bytes += batch.len;
+                self.queued_bytes += batch.stored.len;
                 self.queue.push_back(batch);
             }
             LinkMessage::Reconfigure { latency_us, bandwidth_bps } => {
@@ -444,12 +939,11 @@ impl LinkWriter {
                 return Ok(());
             }
             let batch = self.queue.pop_front().expect("queue has a head");
-            self.queued_bytes -= batch.len;
-            self.write_paced(batch.frames())?;
+            self.queued_bytes -= batch.stored.len;
+            self.write_paced(batch.stored.frames())?;
             self.frames_sent += batch.events;
             Counters::add(&self.counters.events_out, batch.events);
             Counters::add(&self.counters.bytes_out, batch.payload_bytes);
-            self.pool.give_back(batch.data);
         }
         Ok(())
     }
@@ -489,21 +983,12 @@ impl LinkWriter {
     }
 
     /// Drops everything still queued or sent to this dead link, until every sender is gone.
+    /// The events are not lost: they stay in the link's unacknowledged buffer for replay.
     fn discard_until_closed(&mut self) {
-        let mut lost = 0;
-        for batch in std::mem::take(&mut self.queue) {
-            lost += batch.events;
-            self.pool.give_back(batch.data);
-        }
+        self.queue.clear();
+        // Dropping a batch returns its buffer to the pool once its events are replayed.
         for message in self.rx.iter() {
-            if let LinkMessage::Data(batch) = message {
-                lost += batch.events;
-                self.pool.give_back(batch.data);
-            }
-        }
-        Counters::add(&self.counters.lost, lost);
-        if lost > 0 {
-            warn!(target_addr = %self.addr, lost_events = lost, "events lost on a failed link");
+            drop(message);
         }
     }
 }
@@ -582,7 +1067,9 @@ mod tests {
     use std::net::TcpListener;
 
     use super::*;
-    use crate::instance::frame::{FrameKind, FrameReader, push_data_frame};
+    use crate::instance::frame::{
+        FrameKind, FrameReader, coalesce_ranges, push_ack_frame, push_data_frame,
+    };
     use crate::instance::stats::unix_now_ns;
 
     fn router() -> Router {
@@ -605,12 +1092,21 @@ mod tests {
             events,
             payload_bytes: events * 100,
             sent_at: Instant::now(),
+            origin: None,
         }
     }
 
     /// Reads a whole connection and returns each data frame's sequence number with the delay
-    /// between its creation and its arrival, plus the end frame's count.
+    /// between its creation and its arrival, plus the end frame's count. It acknowledges the
+    /// events of every read, as a sink does.
     fn read_all(listener: &TcpListener) -> (Vec<(u64, Duration)>, Option<u64>) {
+        read_connection(listener, true)
+    }
+
+    fn read_connection(
+        listener: &TcpListener,
+        acknowledge: bool,
+    ) -> (Vec<(u64, Duration)>, Option<u64>) {
         let (mut stream, _) = listener.accept().expect("link connects");
         let mut pending = Vec::new();
         let mut arrivals = Vec::new();
@@ -624,18 +1120,29 @@ mod tests {
             let now = unix_now_ns();
             pending.extend_from_slice(&chunk[..n]);
             let mut reader = FrameReader::new(&pending);
+            let mut seqs = Vec::new();
             for frame in reader.by_ref() {
                 let frame = frame.expect("valid frame");
                 match frame.header.kind {
-                    FrameKind::Data => arrivals.push((
-                        frame.header.seq,
-                        Duration::from_nanos(now - frame.header.created_ns),
-                    )),
+                    FrameKind::Data => {
+                        seqs.push(frame.header.seq);
+                        arrivals.push((
+                            frame.header.seq,
+                            Duration::from_nanos(now - frame.header.created_ns),
+                        ));
+                    }
                     FrameKind::End => end = Some(frame.header.seq),
+                    FrameKind::Ack => panic!("a link sent an ack frame"),
                 }
             }
             let consumed = reader.consumed();
             pending.drain(..consumed);
+            if acknowledge {
+                let mut ack = Vec::new();
+                push_ack_frame(&mut ack, &coalesce_ranges(&mut seqs));
+                // The link may have closed its side already; its acks no longer matter then.
+                let _ = stream.write_all(&ack);
+            }
         }
     }
 
@@ -653,6 +1160,7 @@ mod tests {
             router.send(batch_of(start..start + 10));
             thread::sleep(Duration::from_millis(3));
         }
+        router.wait_until_acked();
         router.close_all();
 
         let (arrivals, end) = reader.join().expect("reader thread");
@@ -678,6 +1186,7 @@ mod tests {
         for start in (0..200).step_by(10) {
             router.send(batch_of(start..start + 10));
         }
+        router.wait_until_acked();
         router.close_all();
         let elapsed = started.elapsed();
         let (arrivals, _) = reader.join().expect("reader thread");
@@ -705,6 +1214,7 @@ mod tests {
         for start in (0..40).step_by(10) {
             router.send(batch_of(start..start + 10));
         }
+        router.wait_until_acked();
         router.close_all();
         for reader in readers {
             let (arrivals, end) = reader.join().expect("reader thread");
@@ -743,6 +1253,7 @@ mod tests {
             router.replace(std::slice::from_ref(target), true).expect("target accepted");
         }
         sender.join().expect("sender thread");
+        router.wait_until_acked();
         router.close_all();
 
         let mut seqs = Vec::new();
@@ -752,10 +1263,127 @@ mod tests {
             seqs.extend(arrivals.iter().map(|(seq, _)| *seq));
             ends.push(end);
         }
-        seqs.sort_unstable();
-        assert_eq!(seqs, (0..20_000).collect::<Vec<_>>());
+        assert_eq!(assert_all_present(seqs, 20_000), 0, "events were repeated");
         assert_eq!(&ends[..2], &[None, None], "removed targets get no end frame");
         assert!(ends[2].is_some(), "the last target gets an end frame");
+    }
+
+    fn target_of(listener: &TcpListener) -> Target {
+        Target {
+            addr: listener.local_addr().expect("addr").to_string(),
+            latency_us: 0,
+            bandwidth_bps: 0,
+        }
+    }
+
+    /// Checks that `seqs` contains every number of `0..count` and returns how many repeats it
+    /// contains.
+    fn assert_all_present(mut seqs: Vec<u64>, count: u64) -> usize {
+        let total = seqs.len();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs, (0..count).collect::<Vec<_>>(), "some events were lost");
+        total - seqs.len()
+    }
+
+    #[test]
+    fn events_of_a_closed_target_are_replayed() {
+        let healthy = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dying = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let targets = [target_of(&healthy), target_of(&dying)];
+        let healthy_reader = thread::spawn(move || read_all(&healthy));
+        // This target reads a little, never acknowledges, and closes: a receiver that dies.
+        let dying_reader = thread::spawn(move || {
+            let (mut stream, _) = dying.accept().expect("link connects");
+            let mut chunk = vec![0; 4096];
+            let n = stream.read(&mut chunk).expect("read succeeds");
+            assert!(n > 0);
+        });
+
+        let router = router();
+        router.replace(&targets, true).expect("targets accepted");
+        for start in (0..10_000).step_by(10) {
+            router.send(batch_of(start..start + 10));
+        }
+        dying_reader.join().expect("dying reader");
+        router.wait_until_acked();
+        router.close_all();
+
+        let (arrivals, end) = healthy_reader.join().expect("healthy reader");
+        assert_all_present(arrivals.iter().map(|(seq, _)| *seq).collect(), 10_000);
+        assert!(end.is_some(), "the remaining target gets an end frame");
+        assert!(Counters::get(&router.counters.replayed) > 0, "nothing was replayed");
+        assert_eq!(Counters::get(&router.counters.lost), 0);
+    }
+
+    #[test]
+    fn frozen_target_removed_is_replayed() {
+        let frozen = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let healthy = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let frozen_target = target_of(&frozen);
+        let healthy_target = target_of(&healthy);
+        // The frozen target accepts and then neither reads nor acknowledges.
+        let frozen_holder = thread::spawn(move || {
+            let (stream, _) = frozen.accept().expect("link connects");
+            thread::sleep(RETIRE_GRACE * 3);
+            drop(stream);
+        });
+        let healthy_reader = thread::spawn(move || read_all(&healthy));
+
+        let router = Arc::new(router());
+        router.replace(&[frozen_target], true).expect("target accepted");
+        let sender = {
+            let router = Arc::clone(&router);
+            // Enough bytes to fill the socket buffers, so the writer blocks.
+            thread::spawn(move || {
+                for start in (0..20_000).step_by(100) {
+                    router.send(batch_of(start..start + 100));
+                }
+            })
+        };
+        thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        router.replace(&[healthy_target], true).expect("target accepted");
+        sender.join().expect("sender thread");
+        router.wait_until_acked();
+        let waited = started.elapsed();
+        router.close_all();
+
+        let (arrivals, end) = healthy_reader.join().expect("healthy reader");
+        assert_all_present(arrivals.iter().map(|(seq, _)| *seq).collect(), 20_000);
+        assert_eq!(end, Some(arrivals.len() as u64));
+        assert!(Counters::get(&router.counters.replayed) > 0, "nothing was replayed");
+        assert!(waited < RETIRE_GRACE * 2, "replay took {waited:?}");
+        frozen_holder.join().expect("frozen target thread");
+    }
+
+    fn stored_run(end: u64) -> StoredRun {
+        let pool = Arc::new(BufferPool::new(1));
+        let batch = StoredBatch { data: vec![0; 4096], len: 4096, origin: None, pool };
+        StoredRun { end, batch: Arc::new(batch), offset: 0, frame_len: 32 }
+    }
+
+    #[test]
+    fn unacked_runs_stay_disjoint() {
+        let mut unacked = Unacked::default();
+        assert_eq!(unacked.insert(10, stored_run(20)), 10);
+        assert_eq!(unacked.insert(15, stored_run(25)), 5, "only 20..25 is new");
+        assert_eq!(unacked.insert(0, stored_run(30)), 15, "0..10 and 25..30 are new");
+        assert_eq!(unacked.events, 30);
+        assert_eq!(unacked.bytes, 30 * 32);
+
+        let taken = unacked.take_overlapping(12, 22);
+        let starts: Vec<u64> = taken.iter().map(|(start, _)| *start).collect();
+        assert_eq!(starts, vec![20, 10]);
+        assert_eq!(unacked.events, 30 - 15);
+        let spans: Vec<(u64, u64)> = unacked.runs.iter().map(|(s, run)| (*s, run.end)).collect();
+        assert_eq!(spans, vec![(0, 10), (25, 30)]);
+    }
+
+    #[test]
+    fn ranges_merge_when_they_touch() {
+        let mut ranges = vec![5..8, 0..2, 2..4, 7..9];
+        assert_eq!(merge_ranges(&mut ranges), vec![0..4, 5..9]);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! watchdog cancel it, the HTTP server finishes the replies in flight, and [`run`] returns.
 //! The data threads are not joined; the process exit ends them.
 
+pub mod ack;
 pub mod args;
 pub mod batch;
 pub mod control;
@@ -164,6 +165,7 @@ impl Instance {
             latency: LatencyRecorder::default(),
             received: (role == Role::Sink).then(|| Mutex::new(SeqSet::new())),
             drain: DrainGate::default(),
+            inbound: Mutex::new(Vec::new()),
             start_tx,
             started_at: Instant::now(),
             start_time: chrono::Local::now(),
@@ -211,6 +213,18 @@ impl Instance {
         self.shared.shutdown.cancel();
     }
 
+    /// Cuts every data connection, inbound and outbound, as the death of the process would,
+    /// and makes the instance drop whatever its threads still try to send. The control API
+    /// keeps answering.
+    #[cfg(test)]
+    pub(crate) fn kill_data_plane(&self) {
+        self.shared.router.kill();
+        let inbound = std::mem::take(&mut *self.shared.inbound.lock().expect("inbound lock"));
+        for stream in inbound {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// Blocks until the control server has shut down.
     pub fn wait(self) -> Result<(), InstanceError> {
         match self.control_thread.join() {
@@ -238,6 +252,8 @@ pub(crate) struct Shared {
     pub pool: Arc<BufferPool>,
     pub router: Router,
     pub drain: DrainGate,
+    /// Handles on the inbound data connections, for shutting them down.
+    pub inbound: Mutex<Vec<std::net::TcpStream>>,
     /// Channel on which `POST /start` signals a source's generator.
     pub start_tx: Sender<()>,
     pub started_at: Instant,

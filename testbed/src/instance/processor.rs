@@ -50,8 +50,14 @@ pub(crate) fn split_into_units(
         send(batch);
         return;
     }
-    let mut unit =
-        Batch { data: Vec::new(), len: 0, events: 0, payload_bytes: 0, sent_at: batch.sent_at };
+    let mut unit = Batch {
+        data: Vec::new(),
+        len: 0,
+        events: 0,
+        payload_bytes: 0,
+        sent_at: batch.sent_at,
+        origin: None,
+    };
     let mut unit_start = 0;
     let mut reader = FrameReader::new(batch.frames());
     while let Some(Ok(frame)) = reader.next() {
@@ -87,6 +93,7 @@ fn copy_unit(
         events: unit.events,
         payload_bytes: unit.payload_bytes,
         sent_at: batch.sent_at,
+        origin: batch.origin.clone(),
     }
 }
 
@@ -158,6 +165,7 @@ pub(crate) fn resize_events(input: &Batch, output_size: u32, mut out: Vec<u8>) -
         events: input.events,
         payload_bytes: input.events * u64::from(output_size),
         sent_at: input.sent_at,
+        origin: input.origin.clone(),
     }
 }
 
@@ -262,7 +270,14 @@ mod tests {
         for seq in 0..5 {
             push_data_frame(&mut data, seq, 0, &[seq as u8; 100]);
         }
-        Batch { len: data.len(), data, events: 5, payload_bytes: 500, sent_at: Instant::now() }
+        Batch {
+            len: data.len(),
+            data,
+            events: 5,
+            payload_bytes: 500,
+            sent_at: Instant::now(),
+            origin: None,
+        }
     }
 
     #[test]
@@ -320,8 +335,14 @@ mod tests {
         let mut data = Vec::new();
         push_data_frame(&mut data, 7, 100, &[1; 10]);
         push_data_frame(&mut data, 8, 200, &[2; 10]);
-        let input =
-            Batch { len: data.len(), data, events: 2, payload_bytes: 20, sent_at: Instant::now() };
+        let input = Batch {
+            len: data.len(),
+            data,
+            events: 2,
+            payload_bytes: 20,
+            sent_at: Instant::now(),
+            origin: None,
+        };
 
         let grown = resize_events(&input, 16, vec![0xff; 4]);
         let frames: Vec<_> =

@@ -16,6 +16,7 @@ use crossbeam_channel::Sender;
 use orchestrator::control::{Phase, Role};
 use tracing::{debug, error, info, warn};
 
+use super::ack::AckWriter;
 use super::batch::{BATCH_BYTES, Batch};
 use super::frame::{FrameKind, FrameReader, HEADER_LEN};
 use super::processor;
@@ -61,11 +62,18 @@ fn accept_connections(
             continue;
         }
         info!(?peer, "data connection accepted");
+        if let Ok(handle) = stream.try_clone() {
+            let mut inbound = shared.inbound.lock().unwrap_or_else(|e| e.into_inner());
+            // Closed connections need no handle any more; keep the list short.
+            inbound.retain(|stream| stream.peer_addr().is_ok());
+            inbound.push(handle);
+        }
         let reader = ConnectionReader {
             shared: Arc::clone(shared),
             work_tx: work_tx.clone(),
             peer,
             runs: Vec::new(),
+            acks: None,
         };
         let spawned = thread::Builder::new().name(format!("reader-{index}")).spawn(move || {
             let _entered = reader.shared.span.clone().entered();
@@ -84,6 +92,7 @@ fn spawn_drain_coordinator(shared: Arc<Shared>) -> Result<(), InstanceError> {
         let _entered = shared.span.enter();
         shared.drain.wait_until_drained(&shared.counters.queued);
         if shared.role == Role::Processor {
+            shared.router.wait_until_acked();
             shared.router.close_all();
         }
         shared.mark_drained();
@@ -101,6 +110,8 @@ struct ConnectionReader {
     peer: Option<SocketAddr>,
     /// Sink only: runs of consecutive sequence numbers found in the current buffer.
     runs: Vec<SeqRun>,
+    /// Writer of ack frames back to the sender on this connection.
+    acks: Option<Arc<AckWriter>>,
 }
 
 /// Consecutive sequence numbers `[start, end)` whose payloads all have `len` bytes.
@@ -128,6 +139,10 @@ struct Scan {
 impl ConnectionReader {
     fn run(mut self, mut stream: TcpStream) {
         let peer = self.peer;
+        match stream.try_clone() {
+            Ok(clone) => self.acks = Some(Arc::new(AckWriter::new(clone))),
+            Err(err) => warn!(?peer, error = %err, "failed to clone the connection; no acks sent"),
+        }
         self.shared.phase.advance(Phase::Ready, Phase::Running);
         let mut buf = self.shared.pool.take(BATCH_BYTES);
         let mut filled = 0;
@@ -211,9 +226,16 @@ impl ConnectionReader {
                 }
             };
             let header = frame.header;
-            if header.kind == FrameKind::End {
-                scan.end = Some(header.seq);
-                break;
+            match header.kind {
+                FrameKind::Data => {}
+                FrameKind::End => {
+                    scan.end = Some(header.seq);
+                    break;
+                }
+                FrameKind::Ack => {
+                    scan.invalid = Some("ack frame sent by an upstream instance".to_owned());
+                    break;
+                }
             }
             latency.record(arrival_ns, header.created_ns);
             scan.events += 1;
@@ -258,6 +280,7 @@ impl ConnectionReader {
             events: scan.events,
             payload_bytes: scan.payload_bytes,
             sent_at: Instant::now(),
+            origin: self.acks.clone(),
         };
         let unit_events = processor::work_unit_events(&self.shared.args, &batch);
         let mut workers_gone = false;
@@ -289,5 +312,17 @@ impl ConnectionReader {
         Counters::add(&counters.requests, unique_events);
         Counters::add(&counters.bytes_in, unique_bytes);
         Counters::add(&counters.duplicates, scan.events - unique_events);
+
+        // Recorded events, duplicates included, are acknowledged in one frame per read.
+        if let Some(acks) = &self.acks {
+            let mut ranges: Vec<std::ops::Range<u64>> = Vec::with_capacity(self.runs.len());
+            for run in &self.runs {
+                match ranges.last_mut() {
+                    Some(last) if last.end == run.start => last.end = run.end,
+                    _ => ranges.push(run.start..run.end),
+                }
+            }
+            acks.send(&ranges);
+        }
     }
 }

@@ -36,6 +36,9 @@ pub(crate) fn spawn(shared: Arc<Shared>, start_rx: StartSignal) -> Result<(), In
         shared.phase.set(Phase::Running);
         let started = Instant::now();
         emit(&shared);
+        // The end frames go out only once every event is acknowledged, so a target that
+        // fails before then has its events replayed to the others, which then get the end.
+        shared.router.wait_until_acked();
         shared.router.close_all();
         info!(elapsed_s = started.elapsed().as_secs_f64(), "all events sent");
         shared.mark_drained();
@@ -93,6 +96,7 @@ fn new_batch(shared: &Shared, buffer_len: usize) -> Batch {
         events: 0,
         payload_bytes: 0,
         sent_at: Instant::now(),
+        origin: None,
     }
 }
 

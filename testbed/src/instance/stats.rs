@@ -30,8 +30,10 @@ pub struct Counters {
     pub requests: AtomicU64,
     pub exec_time_ns: AtomicU64,
     pub failures: AtomicU64,
-    /// Events dropped because the link to their target failed.
+    /// Events dropped because they reached the router after the drain closed it.
     pub lost: AtomicU64,
+    /// Unacknowledged events sent again after their target failed or was removed.
+    pub replayed: AtomicU64,
 }
 
 impl Counters {
@@ -174,7 +176,7 @@ pub fn snapshot(
         queue_depth: Counters::get(&counters.queued),
         exec_time_us: Counters::get(&counters.exec_time_ns) / 1000,
         failures: Counters::get(&counters.failures),
-        replayed: 0,
+        replayed: Counters::get(&counters.replayed),
         latency: latency.summary(with_ranges),
         received,
     }

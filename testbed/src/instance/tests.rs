@@ -324,3 +324,91 @@ async fn link_latency_shows_in_sink_latency() {
     assert!(stats.latency.p50_us >= 20_000, "p50 = {} µs", stats.latency.p50_us);
     assert!(stats.latency.p50_us < 200_000, "p50 = {} µs", stats.latency.p50_us);
 }
+
+/// Polls `instance` until its sink stats show at least `events` events received.
+async fn wait_for_events(client: &Client, instance: &Instance, events: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats: Stats = client.get(instance, "/stats").await;
+        if stats.events_in >= events {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {} events after 30 s", stats.events_in);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_processor_loses_no_events() {
+    const EVENTS: u64 = 200_000;
+    let sink = start("sink", &[]);
+    let doomed = start("processor", &[]);
+    let survivor = start("processor", &[]);
+    let source = start("source", &["--events", "200000", "--event-size", "64", "--rate", "100000"]);
+    let client = Client::new();
+
+    for processor in [&doomed, &survivor] {
+        let status = client.put_targets(processor, &[&sink]).await.status();
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let status = client.put_targets(&source, &[&doomed, &survivor]).await.status();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(client.post(&source, "/start", None).await, StatusCode::NO_CONTENT);
+    wait_for_events(&client, &sink, EVENTS / 4).await;
+
+    // The doomed processor dies with events in flight; a replacement takes its place.
+    doomed.kill_data_plane();
+    let replacement = start("processor", &[]);
+    let status = client.put_targets(&replacement, &[&sink]).await.status();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let status = client.put_targets(&source, &[&survivor, &replacement]).await.status();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let one = Drain { expected_ends: 1 };
+    let two = Drain { expected_ends: 2 };
+    for processor in [&survivor, &replacement] {
+        assert_eq!(client.post(processor, "/drain", Some(&one)).await, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(client.post(&sink, "/drain", Some(&two)).await, StatusCode::NO_CONTENT);
+    client.wait_drained(&sink).await;
+    client.wait_drained(&source).await;
+
+    let stats: Stats = client.get(&sink, "/stats?ranges=true").await;
+    assert_eq!(stats.received, Some(vec![[0, EVENTS]]), "events were lost");
+    assert_eq!(stats.events_in, EVENTS);
+    let source_stats: Stats = client.get(&source, "/stats").await;
+    assert!(source_stats.replayed > 0, "the source replayed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_target_loses_no_events() {
+    const EVENTS: u64 = 200_000;
+    let sink = start("sink", &[]);
+    let first = start("processor", &[]);
+    let second = start("processor", &[]);
+    let source = start("source", &["--events", "200000", "--event-size", "64", "--rate", "100000"]);
+    let client = Client::new();
+
+    for processor in [&first, &second] {
+        let status = client.put_targets(processor, &[&sink]).await.status();
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let status = client.put_targets(&source, &[&first, &second]).await.status();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(client.post(&source, "/start", None).await, StatusCode::NO_CONTENT);
+    wait_for_events(&client, &sink, EVENTS / 4).await;
+
+    // Scale in: the first processor leaves the source's targets while events flow.
+    let status = client.put_targets(&source, &[&second]).await.status();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let one = Drain { expected_ends: 1 };
+    assert_eq!(client.post(&second, "/drain", Some(&one)).await, StatusCode::NO_CONTENT);
+    assert_eq!(client.post(&sink, "/drain", Some(&one)).await, StatusCode::NO_CONTENT);
+    client.wait_drained(&sink).await;
+    client.wait_drained(&source).await;
+
+    let stats: Stats = client.get(&sink, "/stats?ranges=true").await;
+    assert_eq!(stats.received, Some(vec![[0, EVENTS]]), "events were lost");
+    assert_eq!(stats.events_in, EVENTS);
+}

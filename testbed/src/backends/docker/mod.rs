@@ -127,8 +127,30 @@ impl DockerBackend {
     ) -> Result<DockerBackend, BackendError> {
         let docker = engine::connect().await?;
         let image = image::ensure(&docker).await?;
+        Ok(DockerBackend::with_image(docker, image, labels, token, log_dir))
+    }
+
+    /// Connects to the Docker engine and starts nodes from `image`, which must exist, for
+    /// callers that create several backends from one image.
+    pub async fn connect_with_image(
+        image: NodeImage,
+        labels: RunLabels,
+        token: &str,
+        log_dir: &Path,
+    ) -> Result<DockerBackend, BackendError> {
+        let docker = engine::connect().await?;
+        Ok(DockerBackend::with_image(docker, image, labels, token, log_dir))
+    }
+
+    fn with_image(
+        docker: Docker,
+        image: NodeImage,
+        labels: RunLabels,
+        token: &str,
+        log_dir: &Path,
+    ) -> DockerBackend {
         let wan = labels::wan_network(&labels.run_id);
-        Ok(DockerBackend {
+        DockerBackend {
             docker,
             image,
             labels,
@@ -139,7 +161,7 @@ impl DockerBackend {
             nodes: BTreeMap::new(),
             instances: BTreeMap::new(),
             dirty: false,
-        })
+        }
     }
 
     /// Returns the node image this backend starts its containers from.
@@ -333,19 +355,21 @@ impl Backend for DockerBackend {
         })?;
         self.dirty = true;
         let run_id = self.labels.run_id.clone();
-        engine::create_network(
-            &self.docker,
-            &self.wan,
-            labels::run_labels(&self.labels, &self.host),
-        )
-        .await?;
+
+        let mut networks = vec![(self.wan.clone(), labels::run_labels(&self.labels, &self.host))];
         for cluster in topology.clusters() {
             let site = &topology.site(cluster.site).name;
             let network = labels::cluster_network(&run_id, site, &cluster.name);
             let labels =
                 labels::placement_labels(&self.labels, &self.host, site, &cluster.name, None);
-            engine::create_network(&self.docker, &network, labels).await?;
+            networks.push((network, labels));
         }
+        let docker = &self.docker;
+        let creations = networks.into_iter().map(|(name, labels)| async move {
+            engine::create_network(docker, &name, labels).await
+        });
+        join_all(creations).await.into_iter().collect::<Result<Vec<()>, BackendError>>()?;
+
         let context = NodeContext {
             docker: &self.docker,
             image: &self.image,
