@@ -327,6 +327,9 @@ async fn drive(
     }
     let timeout = Duration::from_secs_f64(scenario.timeout_s);
     let mut sources_done = false;
+    // When the sources had emitted every event: after it the sink's throughput falls
+    // whatever happened, so recovery is only looked for before it.
+    let mut emitted_at: Option<f64> = None;
     let mut pending: Vec<Action> = scenario.actions.clone();
     let mut autoscaler = crate::autoscaler::Autoscaler::new(scenario.autoscale);
     let mut interval = tokio::time::interval(POLL_INTERVAL);
@@ -410,6 +413,10 @@ async fn drive(
             recorder.rescales.push(record);
         }
 
+        if emitted_at.is_none() && recorder.last_events().first().is_some_and(|sent| *sent >= total)
+        {
+            emitted_at = Some(now_s);
+        }
         if !sources_done && source_drained(orchestrator) {
             sources_done = true;
             phases.stream = now_s;
@@ -429,7 +436,11 @@ async fn drive(
     let finished = stream_start.elapsed().as_secs_f64();
     phases.drain = finished - phases.stream;
     recorder.duration = finished;
-    recorder.finish_faults(if sources_done { phases.stream } else { finished });
+    recorder.finish_faults(emitted_at.unwrap_or(if sources_done {
+        phases.stream
+    } else {
+        finished
+    }));
     phase.done(format!(
         "{total} events in {finished:.1} s ({:.0} events/s at the sink)",
         recorder.last_events().last().copied().unwrap_or(0) as f64 / finished.max(1e-9)

@@ -8,7 +8,7 @@
 //!
 //! Every event a link is handed stays in the link's unacknowledged buffer until the receiver
 //! acknowledges its sequence number with an ack frame on the same connection, which the
-//! link's ack reader thread reads. A buffer holds at most [`WINDOW_EVENTS`] events or
+//! link's ack reader thread reads. A buffer contains at most [`WINDOW_EVENTS`] events or
 //! [`WINDOW_BYTES`] bytes; beyond that, producers wait.
 //!
 //! A link fails when a write or a read fails or the receiver closes the connection while
@@ -700,6 +700,9 @@ impl Link {
 impl Unacked {
     /// Adds the events of `run` that are not stored yet and returns how many it added. A
     /// sequence number already stored (an event sent twice) keeps its first frame.
+    // NOTE: in a processor that receives one event on two upstream connections, only the
+    // first connection gets its acknowledgement, so the second sender waits for it until that
+    // connection fails.
     fn insert(&mut self, start: u64, run: StoredRun) -> u64 {
         let mut covered: Vec<(u64, u64)> = self
             .runs
@@ -1100,13 +1103,6 @@ mod tests {
     /// between its creation and its arrival, plus the end frame's count. It acknowledges the
     /// events of every read, as a sink does.
     fn read_all(listener: &TcpListener) -> (Vec<(u64, Duration)>, Option<u64>) {
-        read_connection(listener, true)
-    }
-
-    fn read_connection(
-        listener: &TcpListener,
-        acknowledge: bool,
-    ) -> (Vec<(u64, Duration)>, Option<u64>) {
         let (mut stream, _) = listener.accept().expect("link connects");
         let mut pending = Vec::new();
         let mut arrivals = Vec::new();
@@ -1137,12 +1133,10 @@ mod tests {
             }
             let consumed = reader.consumed();
             pending.drain(..consumed);
-            if acknowledge {
-                let mut ack = Vec::new();
-                push_ack_frame(&mut ack, &coalesce_ranges(&mut seqs));
-                // The link may have closed its side already; its acks no longer matter then.
-                let _ = stream.write_all(&ack);
-            }
+            let mut ack = Vec::new();
+            push_ack_frame(&mut ack, &coalesce_ranges(&mut seqs));
+            // The link may have closed its side already; its acks no longer matter then.
+            let _ = stream.write_all(&ack);
         }
     }
 

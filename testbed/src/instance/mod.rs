@@ -13,7 +13,8 @@
 //!   ([`receiver`]). A sink's readers record events themselves. A processor's readers pass
 //!   batches to a pool of `--threads` workers ([`processor`]);
 //! - a source runs one generator thread ([`source`]);
-//! - every outbound link has its own writer thread;
+//! - every outbound link has its own writer thread, and an ack reader thread that reads the
+//!   receiver's acknowledgements and replays the link's unacknowledged events when it fails;
 //! - with `--harness-pid`, a watchdog thread ends the instance when the harness is gone.
 //!
 //! Shutdown goes through one cancellation token: `POST /stop`, SIGTERM, SIGINT or the
@@ -215,7 +216,7 @@ impl Instance {
 
     /// Cuts every data connection, inbound and outbound, as the death of the process would,
     /// and makes the instance drop whatever its threads still try to send. The control API
-    /// keeps answering.
+    /// keeps serving requests.
     #[cfg(test)]
     pub(crate) fn kill_data_plane(&self) {
         self.shared.router.kill();

@@ -342,7 +342,8 @@ async fn wait_for_events(client: &Client, instance: &Instance, events: u64) {
 async fn killed_processor_loses_no_events() {
     const EVENTS: u64 = 200_000;
     let sink = start("sink", &[]);
-    let doomed = start("processor", &[]);
+    // A cost of 64 µs per event keeps events waiting inside the doomed processor when it dies.
+    let doomed = start("processor", &["--cost-ns-per-byte", "1000"]);
     let survivor = start("processor", &[]);
     let source = start("source", &["--events", "200000", "--event-size", "64", "--rate", "100000"]);
     let client = Client::new();
