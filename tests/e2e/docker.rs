@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
-use orchestrator::backend::Backend;
+use orchestrator::backend::{Backend, Fault};
 use orchestrator::model::Topology;
 use testbed::backends::RunLabels;
 use testbed::backends::docker::DockerBackend;
@@ -122,6 +122,18 @@ async fn docker_faults_change_node_state() {
     assert!(error.to_string().contains("no such node"), "{error}");
     let error = backend.disconnect_cluster("no-such-cluster").await.unwrap_err();
     assert!(error.to_string().contains("no such cluster"), "{error}");
+
+    // The same primitives through the trait the scenario engine uses.
+    let topology = three_sites();
+    let node = topology.node_by_name("dfnt-01").unwrap().id;
+    backend.inject(Fault::PauseNode(node)).await.unwrap();
+    assert_eq!(status(&docker, &containers["dfnt-01"]).await, ContainerStateStatusEnum::PAUSED);
+    assert!(!backend.node_alive(node).await, "a paused node cannot run instances");
+    backend.inject(Fault::ResumeNode(node)).await.unwrap();
+    assert_eq!(status(&docker, &containers["dfnt-01"]).await, ContainerStateStatusEnum::RUNNING);
+    let cluster = topology.cluster_by_name("jlab/farm").unwrap().id;
+    backend.inject(Fault::LoseCluster(cluster)).await.unwrap();
+    assert_eq!(status(&docker, &containers["farm-01"]).await, ContainerStateStatusEnum::EXITED);
 
     backend.teardown().await.expect("teardown");
     let (containers, networks) = labelled(&docker, &run_filter).await;

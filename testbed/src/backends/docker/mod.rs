@@ -34,7 +34,7 @@ pub mod exec;
 pub mod image;
 pub mod labels;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,9 +44,10 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orchestrator::backend::{Backend, BackendError, InstanceEndpoints, InstanceSpec};
-use orchestrator::model::{InstanceId, Topology};
+use orchestrator::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
+use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
 use testcontainers::bollard::Docker;
+use testcontainers::bollard::errors::Error as DockerError;
 use testcontainers::bollard::models::{
     EndpointSettings, NetworkConnectRequest, NetworkDisconnectRequest,
 };
@@ -94,6 +95,11 @@ pub struct DockerBackend {
     log_dir: PathBuf,
     wan: String,
     nodes: BTreeMap<String, NodeContainer>,
+    /// Node names by topology id, for [`Backend::inject`].
+    node_names: BTreeMap<NodeId, String>,
+    clusters: BTreeMap<ClusterId, Vec<NodeId>>,
+    /// Nodes that were killed, paused or cut off, for [`Backend::node_alive`].
+    down_nodes: BTreeSet<NodeId>,
     instances: BTreeMap<InstanceId, Instance>,
     /// Whether the engine may hold resources of this run that teardown has not removed.
     dirty: bool,
@@ -159,6 +165,9 @@ impl DockerBackend {
             log_dir: log_dir.to_path_buf(),
             wan,
             nodes: BTreeMap::new(),
+            node_names: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            down_nodes: BTreeSet::new(),
             instances: BTreeMap::new(),
             dirty: false,
         }
@@ -180,14 +189,18 @@ impl DockerBackend {
     }
 
     /// Kills a node's container with SIGKILL, and with it every instance on the node.
+    /// A node that is not running counts as killed already.
     pub async fn kill_node(&self, node: &str) -> Result<(), FaultError> {
         let container = self.node(node, "kill")?;
         let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
-        self.docker
-            .kill_container(&container.name, Some(options))
-            .await
-            .map_err(|error| fault("kill", node, error))?;
-        info!(node, container = %container.name, "killed node");
+        match self.docker.kill_container(&container.name, Some(options)).await {
+            Ok(()) => info!(node, container = %container.name, "killed node"),
+            // Docker replies 409 Conflict for a container that is not running.
+            Err(DockerError::DockerResponseServerError { status_code: 409, message }) => {
+                debug!(node, container = %container.name, %message, "node was not running");
+            }
+            Err(error) => return Err(fault("kill", node, error)),
+        }
         Ok(())
     }
 
@@ -283,6 +296,39 @@ impl DockerBackend {
         Ok(())
     }
 
+    fn node_name(&self, node: NodeId) -> Result<String, BackendError> {
+        self.node_names.get(&node).cloned().ok_or_else(|| {
+            BackendError::Environment(format!(
+                "node {node:?} is not part of run {}; provision it first",
+                self.labels.run_id
+            ))
+        })
+    }
+
+    /// Sends SIGKILL to one instance's process, after checking that its pid is still its own.
+    fn kill_instance(&self, id: InstanceId) -> Result<(), BackendError> {
+        let failed = |instance: String, reason: String| BackendError::Stop { instance, reason };
+        let Some(instance) = self.instances.get(&id) else {
+            return Err(failed(id.to_string(), "no such instance in this run".to_string()));
+        };
+        if let Some(reason) = instance.process.exit_reason() {
+            return Err(failed(instance.name.clone(), format!("it has already ended: {reason}")));
+        }
+        match instance.process.host_pid {
+            Some(pid) if self.is_instance_process(pid, instance) => {
+                kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(|error| {
+                    failed(instance.name.clone(), format!("SIGKILL to pid {pid}: {error}"))
+                })?;
+                info!(instance = %instance.name, pid, "killed instance");
+                Ok(())
+            }
+            _ => Err(failed(
+                instance.name.clone(),
+                "its process is not visible from this host, so it cannot be signalled".to_string(),
+            )),
+        }
+    }
+
     fn node(&self, node: &str, action: &'static str) -> Result<&NodeContainer, FaultError> {
         self.nodes.get(node).ok_or_else(|| FaultError {
             action,
@@ -355,6 +401,10 @@ impl Backend for DockerBackend {
         })?;
         self.dirty = true;
         let run_id = self.labels.run_id.clone();
+        for node in topology.nodes() {
+            self.node_names.insert(node.id, node.name.clone());
+            self.clusters.entry(node.cluster).or_default().push(node.id);
+        }
 
         let mut networks = vec![(self.wan.clone(), labels::run_labels(&self.labels, &self.host))];
         for cluster in topology.clusters() {
@@ -518,6 +568,54 @@ impl Backend for DockerBackend {
 
     fn log_dir(&self) -> Option<PathBuf> {
         Some(self.log_dir.clone())
+    }
+
+    async fn node_alive(&mut self, node: NodeId) -> bool {
+        !self.down_nodes.contains(&node)
+    }
+
+    /// Injects a fault into the node containers. A killed node is `docker kill`, a frozen
+    /// node `docker pause` until resumed. A partition freezes every node of the cluster, as
+    /// on the process backend, which from outside looks like a cut network: no heartbeats and
+    /// no data.
+    ///
+    /// NOTE: the network cut itself, [`DockerBackend::disconnect_cluster`], is not used here.
+    /// A container that joins the wan network again gets a new address from Docker, and
+    /// instances that resolved the old one before the cut keep sending to it.
+    async fn inject(&mut self, fault: Fault) -> Result<(), BackendError> {
+        let failed = |error: FaultError| BackendError::Environment(error.to_string());
+        match fault {
+            Fault::KillInstance(id) => self.kill_instance(id)?,
+            Fault::KillNode(node) => {
+                self.down_nodes.insert(node);
+                self.kill_node(&self.node_name(node)?).await.map_err(failed)?;
+            }
+            Fault::PauseNode(node) => {
+                self.down_nodes.insert(node);
+                self.pause_node(&self.node_name(node)?).await.map_err(failed)?;
+            }
+            Fault::ResumeNode(node) => {
+                self.unpause_node(&self.node_name(node)?).await.map_err(failed)?;
+            }
+            Fault::Partition(cluster) => {
+                for node in self.clusters.get(&cluster).cloned().unwrap_or_default() {
+                    self.down_nodes.insert(node);
+                    self.pause_node(&self.node_name(node)?).await.map_err(failed)?;
+                }
+            }
+            Fault::Heal(cluster) => {
+                for node in self.clusters.get(&cluster).cloned().unwrap_or_default() {
+                    self.unpause_node(&self.node_name(node)?).await.map_err(failed)?;
+                }
+            }
+            Fault::LoseCluster(cluster) => {
+                for node in self.clusters.get(&cluster).cloned().unwrap_or_default() {
+                    self.down_nodes.insert(node);
+                    self.kill_node(&self.node_name(node)?).await.map_err(failed)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
