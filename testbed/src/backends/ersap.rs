@@ -426,18 +426,8 @@ impl Backend for ErsapBackend {
         if deployed.exit.is_some() {
             return Ok(());
         }
-        match tokio::time::timeout(EXIT_GRACE, deployed.child.wait()).await {
-            Ok(Ok(status)) => deployed.exit = Some(status.to_string()),
-            _ => {
-                warn!(instance = %deployed.name, "DPE did not exit after stop; killing it");
-                deployed.child.start_kill().map_err(|error| BackendError::Stop {
-                    instance: deployed.name.clone(),
-                    reason: error.to_string(),
-                })?;
-                let status = deployed.child.wait().await.map(|s| s.to_string()).unwrap_or_default();
-                deployed.exit = Some(format!("killed ({status})"));
-            }
-        }
+        let ended = super::process::stop_child(&deployed.name, &mut deployed.child, EXIT_GRACE);
+        deployed.exit = Some(ended.await?);
         Ok(())
     }
 

@@ -214,19 +214,7 @@ impl Backend for ProcessBackend {
         // A frozen or cut-off instance cannot exit by itself: kill it at once.
         let grace =
             if self.down_nodes.contains(&running.node) { Duration::ZERO } else { EXIT_GRACE };
-        let exited = tokio::time::timeout(grace, running.child.wait()).await;
-        match exited {
-            Ok(Ok(status)) => running.exit = Some(status.to_string()),
-            _ => {
-                warn!(instance = %running.name, "instance did not exit after stop; killing it");
-                running.child.start_kill().map_err(|error| BackendError::Stop {
-                    instance: running.name.clone(),
-                    reason: error.to_string(),
-                })?;
-                let status = running.child.wait().await.map(|s| s.to_string()).unwrap_or_default();
-                running.exit = Some(format!("killed ({status})"));
-            }
-        }
+        running.exit = Some(stop_child(&running.name, &mut running.child, grace).await?);
         Ok(())
     }
 
@@ -312,6 +300,25 @@ impl Backend for ProcessBackend {
         }
         Ok(())
     }
+}
+
+/// Waits up to `grace` for a child that was asked to stop, then kills it; returns how it
+/// ended, for `Backend::exited`.
+pub async fn stop_child(
+    name: &str,
+    child: &mut Child,
+    grace: Duration,
+) -> Result<String, BackendError> {
+    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+        return Ok(status.to_string());
+    }
+    warn!(instance = %name, "process did not exit after stop; killing it");
+    child.start_kill().map_err(|error| BackendError::Stop {
+        instance: name.to_string(),
+        reason: error.to_string(),
+    })?;
+    let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+    Ok(format!("killed ({status})"))
 }
 
 /// Returns the last `lines` lines of a log file, for error messages.
