@@ -118,6 +118,20 @@ pub trait Backend: Send {
     ) -> Result<InstanceEndpoints, BackendError>;
 
     /// Stops one instance and frees what it used.
+    /// Starts several instances; the results come in the order of `specs`. Backends whose
+    /// start waits on something outside (a batch scheduler) override it to start them all
+    /// at once.
+    async fn start_instances(
+        &mut self,
+        specs: &[InstanceSpec],
+    ) -> Vec<Result<InstanceEndpoints, BackendError>> {
+        let mut results = Vec::with_capacity(specs.len());
+        for spec in specs {
+            results.push(self.start_instance(spec).await);
+        }
+        results
+    }
+
     async fn stop_instance(&mut self, id: InstanceId) -> Result<(), BackendError>;
 
     /// Returns `Some(reason)` when the instance has ended by itself (crashed or exited).

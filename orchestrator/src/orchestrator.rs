@@ -47,8 +47,11 @@ pub struct Options {
     pub start_timeout: Duration,
     /// Interval of heartbeats: every poll of an instance that gets a reply is one.
     pub heartbeat: Duration,
-    /// Heartbeat intervals without a reply after which an instance counts as failed.
+    /// Heartbeat intervals without a reply within which a failure is declared.
     pub missed_heartbeats: u32,
+    /// How often the caller runs [`Orchestrator::poll`]. A poll waits at most this long for
+    /// each reply, so that one frozen instance does not slow the polls of the others.
+    pub poll_period: Duration,
     /// Restart failed replicas; when false a failure only gets reported.
     pub heal: bool,
 }
@@ -59,6 +62,7 @@ impl Default for Options {
             start_timeout: Duration::from_secs(20),
             heartbeat: Duration::from_millis(200),
             missed_heartbeats: 2,
+            poll_period: Duration::from_millis(100),
             heal: true,
         }
     }
@@ -144,6 +148,9 @@ pub struct InstanceRecord {
     pub state: InstanceState,
     /// Set once a replacement runs, so that a failure is healed once.
     pub replaced: bool,
+    /// Set when the instance could not be given its new targets because it was silent or
+    /// unreachable; later polls send them again until it takes them or is declared failed.
+    pub stale_targets: bool,
 }
 
 /// Counters of every live instance at one moment.
@@ -190,7 +197,11 @@ impl Orchestrator {
             workflow,
             backend,
             control,
-            detector: FailureDetector::new(options.heartbeat, options.missed_heartbeats),
+            detector: FailureDetector::new(
+                options.heartbeat,
+                options.missed_heartbeats,
+                options.poll_period,
+            ),
             dead_nodes: BTreeSet::new(),
             options,
             params,
@@ -283,7 +294,7 @@ impl Orchestrator {
         let placement = self.placement.clone().ok_or(OrchestratorError::NotPlanned)?;
         let source_replicas = placement.nodes[0].len() as u64;
         let stages: Vec<StageId> = self.workflow.stages().iter().rev().map(|s| s.id).collect();
-        let mut started = Vec::new();
+        let mut specs = Vec::new();
         for stage in stages {
             for (replica, node) in placement.nodes[stage.0].iter().enumerate() {
                 let id = InstanceId::new(stage, replica as u32);
@@ -292,10 +303,23 @@ impl Orchestrator {
                 } else {
                     (0, 0)
                 };
-                let spec = self.spec_for(id, *node, range);
-                self.start(spec).await?;
-                started.push(id);
+                specs.push(self.spec_for(id, *node, range));
             }
+        }
+        let started: Vec<InstanceId> = specs.iter().map(|spec| spec.id).collect();
+        let results = self.backend.start_instances(&specs).await;
+        let mut first_error = None;
+        for (spec, result) in specs.into_iter().zip(results) {
+            // Every instance that did start is recorded, so that shutdown stops it.
+            match result {
+                Ok(endpoints) => self.record_started(spec, endpoints),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error.into());
         }
         self.wait_ready(&started).await?;
         for stage in 0..self.workflow.stages().len().saturating_sub(1) {
@@ -347,7 +371,7 @@ impl Orchestrator {
     /// instances failed that ended or stayed silent too long, restarts them when healing is
     /// on, and asks the stages to drain once the sources have drained.
     pub async fn poll(&mut self) -> Result<Snapshot, OrchestratorError> {
-        let heartbeat = self.options.heartbeat;
+        let wait = self.options.poll_period.min(self.options.heartbeat);
         let mut requests = JoinSet::new();
         for (id, record) in &self.instances {
             if !record.state.is_live() {
@@ -356,8 +380,7 @@ impl Orchestrator {
             let control = self.control.clone();
             let (id, name, url) = (*id, record.name.clone(), control_url(record));
             requests.spawn(async move {
-                let reply =
-                    tokio::time::timeout(heartbeat, control.stats(&name, &url, false)).await;
+                let reply = tokio::time::timeout(wait, control.stats(&name, &url, false)).await;
                 (id, reply)
             });
         }
@@ -382,13 +405,14 @@ impl Orchestrator {
                     stats.insert(id, reply);
                 }
                 Ok(Err(error)) => debug!(instance = %record.name, %error, "poll failed"),
-                Err(_) => debug!(instance = %record.name, ?heartbeat, "poll timed out"),
+                Err(_) => debug!(instance = %record.name, ?wait, "poll timed out"),
             }
         }
         self.detect_failures().await;
         if self.options.heal {
             self.heal().await;
         }
+        self.resend_stale_targets().await?;
         self.advance_drain().await?;
         let drained = self.instances.values().all(|record| {
             record.state == InstanceState::Drained
@@ -547,18 +571,29 @@ impl Orchestrator {
     }
 
     async fn start(&mut self, spec: InstanceSpec) -> Result<(), OrchestratorError> {
+        let endpoints = self.backend.start_instance(&spec).await?;
+        self.record_started(spec, endpoints);
+        Ok(())
+    }
+
+    fn record_started(&mut self, spec: InstanceSpec, endpoints: InstanceEndpoints) {
         let name = spec.name();
         let mut state = InstanceState::Pending;
-        let endpoints = self.backend.start_instance(&spec).await?;
         state.advance(InstanceState::Starting).expect("pending to starting");
         info!(instance = %name, node = %spec.node_name, handle = %endpoints.handle, "started instance");
         self.events
             .push(Event::InstanceStarted { name: name.clone(), node: spec.node_name.clone() });
         self.instances.insert(
             spec.id,
-            InstanceRecord { spec, name, endpoints: Some(endpoints), state, replaced: false },
+            InstanceRecord {
+                spec,
+                name,
+                endpoints: Some(endpoints),
+                state,
+                replaced: false,
+                stale_targets: false,
+            },
         );
-        Ok(())
     }
 
     async fn wait_ready(&mut self, ids: &[InstanceId]) -> Result<(), OrchestratorError> {
@@ -606,6 +641,50 @@ impl Orchestrator {
         }
         let stage_name = self.workflow.stage(stage).name.clone();
         self.events.push(Event::StageLinked { stage: stage_name, targets: count });
+        Ok(())
+    }
+
+    /// Like [`Orchestrator::link_stage`] while the workflow runs: a sender that is silent,
+    /// or cannot be reached, keeps its targets marked stale instead of holding up a repair
+    /// (a frozen instance would take the whole request timeout to answer).
+    async fn relink_stage(&mut self, stage: StageId) -> Result<(), OrchestratorError> {
+        let senders: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|(id, record)| id.stage == stage && record.state.is_live())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in senders {
+            self.instances.get_mut(&id).expect("listed above").stale_targets = true;
+        }
+        self.resend_stale_targets().await
+    }
+
+    /// Sends their targets to the live instances marked stale that answered a recent poll.
+    async fn resend_stale_targets(&mut self) -> Result<(), OrchestratorError> {
+        let now = Instant::now();
+        let stale: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|(_, record)| record.stale_targets && record.state.is_live())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if self
+                .detector
+                .silent_for(id, now)
+                .is_some_and(|silent| silent > self.options.heartbeat)
+            {
+                continue;
+            }
+            match self.send_targets(id).await {
+                Ok(_) => self.instances.get_mut(&id).expect("listed above").stale_targets = false,
+                Err(OrchestratorError::Control(error)) if error.unreachable => {
+                    debug!(instance = %error.instance, reason = %error.reason, "targets not taken; retried at the next poll");
+                }
+                Err(error) => return Err(error),
+            }
+        }
         Ok(())
     }
 
@@ -682,18 +761,53 @@ impl Orchestrator {
             })
             .map(|(id, _)| *id)
             .collect();
+        // Every replacement is placed first and then all are started together, so that a
+        // backend with a scheduler (Slurm) starts them in one cycle rather than one each.
+        let mut planned = Vec::new();
         for id in failed {
-            if let Err(error) = self.replace(id).await {
-                let name = self.instances[&id].name.clone();
-                warn!(instance = %name, %error, "could not restart failed replica");
-                self.events.push(Event::HealFailed { name, reason: error.to_string() });
-                // Count it as handled so that the next poll does not retry forever.
-                self.instances.get_mut(&id).expect("listed above").replaced = true;
+            match self.plan_replacement(id).await {
+                Ok(spec) => planned.push((id, spec)),
+                Err(error) => self.heal_failed(id, &error),
+            }
+        }
+        if planned.is_empty() {
+            return;
+        }
+        let specs: Vec<InstanceSpec> = planned.iter().map(|(_, spec)| spec.clone()).collect();
+        let results = self.backend.start_instances(&specs).await;
+        let mut started = Vec::new();
+        for ((failed, spec), result) in planned.into_iter().zip(results) {
+            match result {
+                Ok(endpoints) => {
+                    let id = spec.id;
+                    self.record_started(spec, endpoints);
+                    started.push((failed, id));
+                }
+                Err(error) => self.heal_failed(failed, &error.into()),
+            }
+        }
+        for (failed, id) in started {
+            if let Err(error) = self.finish_replacement(failed, id).await {
+                self.heal_failed(failed, &error);
             }
         }
     }
 
-    async fn replace(&mut self, failed: InstanceId) -> Result<(), OrchestratorError> {
+    fn heal_failed(&mut self, id: InstanceId, error: &OrchestratorError) {
+        let name = self.instances[&id].name.clone();
+        warn!(instance = %name, %error, "could not restart failed replica");
+        self.events.push(Event::HealFailed { name, reason: error.to_string() });
+        // Count it as handled so that the next poll does not retry forever.
+        self.instances.get_mut(&id).expect("failed instances exist").replaced = true;
+    }
+
+    /// Stops a failed replica and chooses a node for its replacement: one of the same
+    /// cluster when one has room (the cluster level), else one of another cluster chosen
+    /// by the global level. Returns the replacement's spec.
+    async fn plan_replacement(
+        &mut self,
+        failed: InstanceId,
+    ) -> Result<InstanceSpec, OrchestratorError> {
         let old = self.instances[&failed].clone();
         let old_node = old.spec.node;
         let cores = self.workflow.stage(failed.stage).cores.get();
@@ -752,19 +866,30 @@ impl Orchestrator {
                 .unwrap_or(1),
         };
         let range = (old.spec.seq_start, old.spec.events);
-        let spec = self.spec_for(id, node, range);
-        self.start(spec).await?;
+        Ok(self.spec_for(id, node, range))
+    }
+
+    /// Waits for a started replacement, links it in, and starts it emitting if it is a
+    /// source.
+    async fn finish_replacement(
+        &mut self,
+        failed: InstanceId,
+        id: InstanceId,
+    ) -> Result<(), OrchestratorError> {
+        let old_name = self.instances[&failed].name.clone();
+        let old_role = self.instances[&failed].spec.role;
+        let node = self.instances[&id].spec.node;
         self.wait_ready(&[id]).await?;
         self.link_instance(id).await?;
-        if old.spec.role == Role::Source && self.sources_started {
+        if old_role == Role::Source && self.sources_started {
             let record = &self.instances[&id];
             self.control.start(&record.name, &control_url(record)).await?;
         }
         self.instances.get_mut(&failed).expect("exists").replaced = true;
         let replacement = self.instances[&id].name.clone();
-        info!(failed = %old.name, %replacement, node = %self.topology.node(node).name, "replaced failed replica");
+        info!(failed = %old_name, %replacement, node = %self.topology.node(node).name, "replaced failed replica");
         self.events.push(Event::InstanceReplaced {
-            failed: old.name,
+            failed: old_name,
             replacement,
             node: self.topology.node(node).name.clone(),
             at: Instant::now(),
@@ -779,7 +904,7 @@ impl Orchestrator {
             self.send_targets(id).await?;
         }
         if id.stage.0 > 0 {
-            self.link_stage(StageId(id.stage.0 - 1)).await?;
+            self.relink_stage(StageId(id.stage.0 - 1)).await?;
         }
         if self.drain_requested.get(id.stage.0).copied().unwrap_or(false) {
             let expected_ends = self.upstream_count(id.stage);

@@ -17,6 +17,7 @@ macro_rules! out {
 }
 
 use clap::{Args, Parser, Subcommand};
+use testbed::backends::slurm::SlurmTarget;
 use testbed::bench::compare::{self, BenchmarkEntry};
 use testbed::bench::dataplane::DataplaneFigures;
 use testbed::run::{self, BackendKind, Inputs, RunConfig, RunError};
@@ -77,6 +78,16 @@ struct RunArgs {
     /// instead of starting one.
     #[arg(long, value_name = "HOST:PORT")]
     ersap_fe: Option<String>,
+    /// With `--backend slurm`: URL of a site's slurmrestd to use instead of starting a
+    /// local Slurm. Its partitions must be named after the topology's clusters.
+    #[arg(long, value_name = "URL", requires = "slurm_token")]
+    slurm_url: Option<String>,
+    /// With `--slurm-url`: a token from `scontrol token`.
+    #[arg(long, env = "SLURM_JWT", hide_env_values = true)]
+    slurm_token: Option<String>,
+    /// With `--slurm-url`: the Slurm user the token belongs to.
+    #[arg(long, env = "USER", default_value = "root")]
+    slurm_user: String,
     /// With `--backend sim`: seed of the simulation's random choices; the same seed gives
     /// the same result.
     #[arg(long, default_value_t = 1)]
@@ -101,7 +112,7 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value = "process")]
     backend: BackendKind,
     /// Times to run the suite; benchmarks.json keeps every value and their median.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, visible_alias = "repeat", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repetitions: u32,
     /// Folder to write benchmarks.json into (github-action-benchmark's format).
     #[arg(long)]
@@ -208,6 +219,14 @@ async fn run_command(args: RunArgs) -> ExitCode {
         mock_bin: args.mock_bin.unwrap_or_else(|| sibling_binary("mock-ersap")),
         quiet: args.quiet,
         ersap_fe: args.ersap_fe,
+        slurm: match args.slurm_url {
+            Some(url) => SlurmTarget::Existing {
+                url,
+                user: args.slurm_user,
+                token: args.slurm_token.unwrap_or_default(),
+            },
+            None => SlurmTarget::Local,
+        },
         seed: args.seed,
     };
     let inputs = match Inputs::load(&config) {

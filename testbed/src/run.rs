@@ -28,6 +28,7 @@ use crate::backends::RunLabels;
 use crate::backends::docker::DockerBackend;
 use crate::backends::ersap::ErsapBackend;
 use crate::backends::process::ProcessBackend;
+use crate::backends::slurm::{SlurmBackend, SlurmTarget};
 use crate::faults::{FaultRecord, RescaleRecord};
 use crate::progress::Progress;
 use crate::results::{self, EventCounts, Sample};
@@ -50,6 +51,8 @@ pub enum BackendKind {
     Ersap,
     /// A deterministic simulation in virtual time; `--seed` fixes its randomness.
     Sim,
+    /// Slurm batch jobs: on a local Slurm the run starts, or on a site's Slurm.
+    Slurm,
 }
 
 impl BackendKind {
@@ -59,6 +62,7 @@ impl BackendKind {
             BackendKind::Docker => "docker",
             BackendKind::Ersap => "ersap",
             BackendKind::Sim => "sim",
+            BackendKind::Slurm => "slurm",
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct RunConfig {
     pub ersap_fe: Option<String>,
     /// `sim` backend: seed of its random choices.
     pub seed: u64,
+    /// `slurm` backend: a local cluster or a site's slurmrestd.
+    pub slurm: SlurmTarget,
 }
 
 /// How a run ended; each maps to an exit code.
@@ -161,6 +167,13 @@ pub async fn execute(
         BackendKind::Process => {
             Box::new(ProcessBackend::new(&config.mock_bin, labels, &token, &log_dir))
         }
+        BackendKind::Slurm => Box::new(SlurmBackend::new(
+            config.slurm.clone(),
+            &config.mock_bin,
+            labels,
+            &token,
+            run_dir,
+        )),
         BackendKind::Ersap => Box::new(ErsapBackend::new(
             &config.mock_bin,
             labels,
@@ -198,7 +211,11 @@ pub async fn execute(
         backend,
         &token,
         params,
-        Options { heartbeat: Duration::from_millis(scenario.heartbeat_ms), ..Options::default() },
+        Options {
+            heartbeat: Duration::from_millis(scenario.heartbeat_ms),
+            poll_period: POLL_INTERVAL,
+            ..Options::default()
+        },
     );
 
     match orchestrator.plan() {

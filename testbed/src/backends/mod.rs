@@ -4,6 +4,7 @@ pub mod docker;
 pub mod ersap;
 pub mod process;
 pub mod sim;
+pub mod slurm;
 
 /// Labels every resource a run creates carries, so that `clean` can find what a killed run
 /// left behind.

@@ -52,6 +52,7 @@ pub async fn run_suite(
                 mock_bin: mock_bin.to_path_buf(),
                 quiet: true,
                 ersap_fe: None,
+                slurm: crate::backends::slurm::SlurmTarget::Local,
                 seed: u64::from(repetition),
             };
             let run_id = format!("{scenario}-{}-{repetition}", backend.as_str());

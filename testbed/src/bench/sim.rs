@@ -89,6 +89,7 @@ pub fn run_one(folder: &Path, nodes: usize, events: u64) -> anyhow::Result<SimFi
         mock_bin: Path::new("mock-ersap").to_path_buf(),
         quiet: true,
         ersap_fe: None,
+        slurm: crate::backends::slurm::SlurmTarget::Local,
         seed: 1,
     };
     let inputs = Inputs::load(&config).map_err(|error| anyhow::anyhow!("{error}"))?;

@@ -274,19 +274,19 @@ impl RouterInner {
 
     /// Sends the unacknowledged events of a failed or removed link to the other links.
     fn replay(&self, link: &Link) {
-        let batches = link.take_for_replay();
+        let (batches, taken) = link.take_for_replay();
         let events: u64 = batches.iter().map(|batch| batch.events).sum();
-        if events == 0 {
-            return;
+        if events > 0 {
+            warn!(target_addr = %link.addr, events, "replaying unacknowledged events to the other targets");
+            Counters::add(&self.counters.replayed, events);
         }
-        warn!(target_addr = %link.addr, events, "replaying unacknowledged events to the other targets");
-        Counters::add(&self.counters.replayed, events);
         for batch in batches {
-            let count = batch.events;
+            // `send` counts the events that are new on their new link.
             self.send(batch);
-            // `send` counted the batch again on its new link.
-            self.unacked.fetch_sub(count, Ordering::AcqRel);
         }
+        // Subtracted only now, so that the count never drops to zero while a replay is on
+        // its way.
+        self.unacked.fetch_sub(taken, Ordering::AcqRel);
     }
 
     /// Writes an end frame on every live link, closes them all and waits until they are
@@ -386,6 +386,10 @@ struct Unacked {
     bytes: usize,
     /// Set once the events were taken for replay. The link accepts no more.
     closed: bool,
+    /// Events stored once that arrived again from another upstream connection (a replay
+    /// upstream can send an event a second time through another processor). Their acks go
+    /// to that connection too, so that its sender is not left waiting.
+    also_ack: Vec<(Range<u64>, Arc<AckWriter>)>,
 }
 
 /// One outbound connection and the thread that writes to it.
@@ -564,13 +568,12 @@ impl Link {
                     if run.end > range.end {
                         state.restore(range.end, run.suffix(start, range.end));
                     }
-                    let Some(origin) = &run.batch.origin else { continue };
-                    match upstream.iter_mut().find(|(writer, _)| Arc::ptr_eq(writer, origin)) {
-                        Some((_, acked)) => acked.push(from..to),
-                        None => {
-                            upstream.push((Arc::clone(origin), std::iter::once(from..to).collect()))
-                        }
+                    if let Some(origin) = &run.batch.origin {
+                        add_upstream(&mut upstream, origin, from..to);
                     }
+                }
+                for (acked, writer) in state.take_also_acked(range) {
+                    add_upstream(&mut upstream, &writer, acked);
                 }
             }
         }
@@ -582,44 +585,42 @@ impl Link {
     }
 
     /// Takes every unacknowledged event, in sequence order, as batches of at most
-    /// [`BATCH_BYTES`], and closes the buffer to new events.
-    fn take_for_replay(&self) -> Vec<Batch> {
-        let runs = {
+    /// [`BATCH_BYTES`], and closes the buffer to new events. Also returns how many events
+    /// the buffer held.
+    fn take_for_replay(&self) -> (Vec<Batch>, u64) {
+        let (runs, also_ack, taken) = {
             let mut state = self.lock_unacked();
             state.closed = true;
             state.bytes = 0;
-            state.events = 0;
-            std::mem::take(&mut state.runs)
+            let taken = std::mem::take(&mut state.events) as u64;
+            (std::mem::take(&mut state.runs), std::mem::take(&mut state.also_ack), taken)
         };
         self.acked.notify_all();
 
         let mut batches: Vec<Batch> = Vec::new();
-        for (start, run) in runs {
+        for (start, run) in &runs {
             for index in 0..(run.end - start) as usize {
                 let offset = run.offset + index * run.frame_len;
                 let frame = &run.batch.frames()[offset..offset + run.frame_len];
-                let fits = batches.last().is_some_and(|batch| {
-                    batch.len + frame.len() <= BATCH_BYTES
-                        && same_origin(&batch.origin, &run.batch.origin)
-                });
-                if !fits {
-                    batches.push(Batch {
-                        data: Vec::with_capacity(BATCH_BYTES.max(frame.len())),
-                        len: 0,
-                        events: 0,
-                        payload_bytes: 0,
-                        sent_at: Instant::now(),
-                        origin: run.batch.origin.clone(),
-                    });
-                }
-                let batch = batches.last_mut().expect("a batch was just pushed");
-                batch.data.extend_from_slice(frame);
-                batch.len += frame.len();
-                batch.events += 1;
-                batch.payload_bytes += (frame.len() - super::frame::HEADER_LEN) as u64;
+                push_replayed_frame(&mut batches, frame, &run.batch.origin);
             }
         }
-        batches
+        // An event that also came from a second connection is replayed once more with that
+        // connection as its origin, so that both senders get their acknowledgement. The sink
+        // counts the extra copy as a duplicate.
+        for (range, writer) in also_ack {
+            let origin = Some(writer);
+            for seq in range {
+                let Some((start, run)) = runs.range(..=seq).next_back() else { continue };
+                if run.end <= seq {
+                    continue;
+                }
+                let offset = run.offset + (seq - start) as usize * run.frame_len;
+                let frame = &run.batch.frames()[offset..offset + run.frame_len];
+                push_replayed_frame(&mut batches, frame, &origin);
+            }
+        }
+        (batches, taken)
     }
 
     /// Marks the link failed and shuts its socket down, which wakes its writer and its ack
@@ -699,31 +700,65 @@ impl Link {
 
 impl Unacked {
     /// Adds the events of `run` that are not stored yet and returns how many it added. A
-    /// sequence number already stored (an event sent twice) keeps its first frame.
-    // NOTE: in a processor that receives one event on two upstream connections, only the
-    // first connection gets its acknowledgement, so the second sender waits for it until that
-    // connection fails.
+    /// sequence number already stored (an event sent twice) keeps its first frame, and the
+    /// connection the second copy came from is noted in `also_ack`.
     fn insert(&mut self, start: u64, run: StoredRun) -> u64 {
-        let mut covered: Vec<(u64, u64)> = self
+        let mut covered: Vec<(u64, u64, Option<Arc<AckWriter>>)> = self
             .runs
             .range(..run.end)
             .rev()
             .take_while(|(_, stored)| stored.end > start)
-            .map(|(from, stored)| (*from, stored.end))
+            .map(|(from, stored)| (*from, stored.end, stored.batch.origin.clone()))
             .collect();
         covered.reverse();
         let mut added = 0;
         let mut cursor = start;
-        for (from, to) in covered.into_iter().chain([(run.end, run.end)]) {
+        for (from, to, stored_origin) in covered {
             if from > cursor {
                 let mut gap = run.suffix(start, cursor);
                 gap.end = from;
                 added += from - cursor;
                 self.restore(cursor, gap);
             }
+            if let Some(origin) = &run.batch.origin {
+                if !same_origin(&stored_origin, &run.batch.origin) {
+                    self.also_ack.push((from.max(start)..to.min(run.end), Arc::clone(origin)));
+                }
+            }
             cursor = cursor.max(to);
         }
+        if run.end > cursor {
+            let mut gap = run.suffix(start, cursor);
+            gap.end = run.end;
+            added += run.end - cursor;
+            self.restore(cursor, gap);
+        }
         added
+    }
+
+    /// Removes from `also_ack` the parts inside `acked` and returns them with their writers.
+    fn take_also_acked(&mut self, acked: &Range<u64>) -> Vec<(Range<u64>, Arc<AckWriter>)> {
+        if self.also_ack.is_empty() {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        let mut kept = Vec::with_capacity(self.also_ack.len());
+        for (range, writer) in self.also_ack.drain(..) {
+            let (from, to) = (range.start.max(acked.start), range.end.min(acked.end));
+            if from >= to {
+                kept.push((range, writer));
+                continue;
+            }
+            if range.start < from {
+                kept.push((range.start..from, Arc::clone(&writer)));
+            }
+            if to < range.end {
+                kept.push((to..range.end, Arc::clone(&writer)));
+            }
+            taken.push((from..to, writer));
+        }
+        self.also_ack = kept;
+        taken
     }
 
     /// Stores a run known to overlap no other.
@@ -766,6 +801,41 @@ fn merge_ranges(ranges: &mut [Range<u64>]) -> Vec<Range<u64>> {
         }
     }
     merged
+}
+
+/// Adds `range` to the ranges acknowledged to `writer`.
+fn add_upstream(
+    upstream: &mut Vec<(Arc<AckWriter>, Vec<Range<u64>>)>,
+    writer: &Arc<AckWriter>,
+    range: Range<u64>,
+) {
+    match upstream.iter_mut().find(|(known, _)| Arc::ptr_eq(known, writer)) {
+        Some((_, acked)) => acked.push(range),
+        None => upstream.push((Arc::clone(writer), vec![range])),
+    }
+}
+
+/// Appends one frame to the last replay batch, or to a new one if it is full or its events
+/// came from another connection.
+fn push_replayed_frame(batches: &mut Vec<Batch>, frame: &[u8], origin: &Option<Arc<AckWriter>>) {
+    let fits = batches.last().is_some_and(|batch| {
+        batch.len + frame.len() <= BATCH_BYTES && same_origin(&batch.origin, origin)
+    });
+    if !fits {
+        batches.push(Batch {
+            data: Vec::with_capacity(BATCH_BYTES.max(frame.len())),
+            len: 0,
+            events: 0,
+            payload_bytes: 0,
+            sent_at: Instant::now(),
+            origin: origin.clone(),
+        });
+    }
+    let batch = batches.last_mut().expect("a batch was just pushed");
+    batch.data.extend_from_slice(frame);
+    batch.len += frame.len();
+    batch.events += 1;
+    batch.payload_bytes += (frame.len() - super::frame::HEADER_LEN) as u64;
 }
 
 fn same_origin(a: &Option<Arc<AckWriter>>, b: &Option<Arc<AckWriter>>) -> bool {
@@ -1372,6 +1442,44 @@ mod tests {
         assert_eq!(unacked.events, 30 - 15);
         let spans: Vec<(u64, u64)> = unacked.runs.iter().map(|(s, run)| (*s, run.end)).collect();
         assert_eq!(spans, vec![(0, 10), (25, 30)]);
+    }
+
+    /// An ack writer on a loopback connection, and the peer that reads its frames.
+    fn ack_pair() -> (Arc<AckWriter>, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        (Arc::new(AckWriter::new(writer)), peer)
+    }
+
+    fn run_from(end: u64, origin: &Arc<AckWriter>) -> StoredRun {
+        let pool = Arc::new(BufferPool::new(1));
+        let batch =
+            StoredBatch { data: vec![0; 4096], len: 4096, origin: Some(Arc::clone(origin)), pool };
+        StoredRun { end, batch: Arc::new(batch), offset: 0, frame_len: 32 }
+    }
+
+    #[test]
+    fn an_event_from_two_connections_is_acked_to_both() {
+        let (first, _first_peer) = ack_pair();
+        let (second, _second_peer) = ack_pair();
+        let mut unacked = Unacked::default();
+        assert_eq!(unacked.insert(0, run_from(10, &first)), 10);
+        assert_eq!(unacked.insert(5, run_from(15, &second)), 5, "5..10 is stored already");
+        assert_eq!(unacked.also_ack.len(), 1);
+        assert_eq!(unacked.also_ack[0].0, 5..10);
+        assert!(Arc::ptr_eq(&unacked.also_ack[0].1, &second));
+
+        let acked = unacked.take_also_acked(&(7..20));
+        assert_eq!(acked.len(), 1);
+        assert_eq!(acked[0].0, 7..10);
+        assert!(Arc::ptr_eq(&acked[0].1, &second));
+        assert_eq!(unacked.also_ack.len(), 1, "5..7 still waits for its ack");
+        assert_eq!(unacked.also_ack[0].0, 5..7);
+
+        // The same connection sending an event twice is not noted.
+        assert_eq!(unacked.insert(0, run_from(3, &first)), 0);
+        assert_eq!(unacked.also_ack.len(), 1);
     }
 
     #[test]

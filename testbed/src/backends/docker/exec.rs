@@ -119,8 +119,20 @@ pub async fn start(docker: &Docker, request: ExecRequest<'_>) -> Result<ExecProc
     };
     let ready: ReadyLine = serde_json::from_str(&line)
         .map_err(|error| format!("invalid ready line `{line}`: {error}"))?;
-    let host_pid = docker.inspect_exec(&created.id).await.ok().and_then(|inspect| inspect.pid);
+    let host_pid = exec_pid(docker, &created.id).await;
     Ok(ExecProcess { exec_id: created.id, host_pid, ready, exit })
+}
+
+/// Host pid of a running exec. The engine can report pid 0 for a short while after the
+/// process has started, so a zero is asked again for up to a second.
+async fn exec_pid(docker: &Docker, exec_id: &str) -> Option<i64> {
+    for _ in 0..50 {
+        match docker.inspect_exec(exec_id).await.ok().and_then(|inspect| inspect.pid) {
+            Some(pid) if pid > 0 => return Some(pid),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    None
 }
 
 type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, try_join_all};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use orchestrator::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
@@ -119,6 +119,7 @@ struct Instance {
     name: String,
     stage: String,
     replica: u32,
+    node: NodeId,
     process: ExecProcess,
 }
 
@@ -371,6 +372,19 @@ impl DockerBackend {
         }
     }
 
+    /// Container names of a cluster's nodes; with `down`, the nodes are marked down first.
+    fn cluster_node_names(
+        &mut self,
+        cluster: ClusterId,
+        down: bool,
+    ) -> Result<Vec<String>, BackendError> {
+        let nodes = self.clusters.get(&cluster).cloned().unwrap_or_default();
+        if down {
+            self.down_nodes.extend(nodes.iter().copied());
+        }
+        nodes.into_iter().map(|node| self.node_name(node)).collect()
+    }
+
     /// Checks that `pid` is still the process of `instance`: its environment carries this
     /// run's id and its command line the instance's stage and replica. The check runs right
     /// before a SIGKILL, so that a pid the kernel has since reused is not signalled.
@@ -494,16 +508,36 @@ impl Backend for DockerBackend {
             control = %endpoints.control_url, data = %endpoints.data_addr, "instance ready line");
         self.instances.insert(
             spec.id,
-            Instance { name, stage: spec.stage.clone(), replica: spec.id.replica, process },
+            Instance {
+                name,
+                stage: spec.stage.clone(),
+                replica: spec.id.replica,
+                node: spec.node,
+                process,
+            },
         );
         Ok(endpoints)
     }
 
     async fn stop_instance(&mut self, id: InstanceId) -> Result<(), BackendError> {
         let Some(instance) = self.instances.get_mut(&id) else { return Ok(()) };
-        if instance.process.exit_reason().is_some()
-            || instance.process.wait(EXIT_GRACE).await.is_some()
-        {
+        if instance.process.exit_reason().is_some() {
+            return Ok(());
+        }
+        // A frozen container holds a SIGKILL until it is thawed or removed, so waiting for
+        // the exit would stall the repair: the signal is sent and the instance left to it.
+        let frozen = self.down_nodes.contains(&instance.node);
+        if frozen {
+            let instance = &self.instances[&id];
+            if let Some(pid) = instance.process.host_pid {
+                if self.is_instance_process(pid, instance) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+            return Ok(());
+        }
+        let instance = self.instances.get_mut(&id).expect("looked up above");
+        if instance.process.wait(EXIT_GRACE).await.is_some() {
             return Ok(());
         }
         let name = instance.name.clone();
@@ -597,22 +631,25 @@ impl Backend for DockerBackend {
             Fault::ResumeNode(node) => {
                 self.unpause_node(&self.node_name(node)?).await.map_err(failed)?;
             }
+            // A cluster's nodes are paused, resumed or killed all at once, so that the
+            // fault lands on the whole cluster at one moment.
             Fault::Partition(cluster) => {
-                for node in self.clusters.get(&cluster).cloned().unwrap_or_default() {
-                    self.down_nodes.insert(node);
-                    self.pause_node(&self.node_name(node)?).await.map_err(failed)?;
-                }
+                let names = self.cluster_node_names(cluster, true)?;
+                try_join_all(names.iter().map(|name| self.pause_node(name)))
+                    .await
+                    .map_err(failed)?;
             }
             Fault::Heal(cluster) => {
-                for node in self.clusters.get(&cluster).cloned().unwrap_or_default() {
-                    self.unpause_node(&self.node_name(node)?).await.map_err(failed)?;
-                }
+                let names = self.cluster_node_names(cluster, false)?;
+                try_join_all(names.iter().map(|name| self.unpause_node(name)))
+                    .await
+                    .map_err(failed)?;
             }
             Fault::LoseCluster(cluster) => {
-                for node in self.clusters.get(&cluster).cloned().unwrap_or_default() {
-                    self.down_nodes.insert(node);
-                    self.kill_node(&self.node_name(node)?).await.map_err(failed)?;
-                }
+                let names = self.cluster_node_names(cluster, true)?;
+                try_join_all(names.iter().map(|name| self.kill_node(name)))
+                    .await
+                    .map_err(failed)?;
             }
         }
         Ok(())
