@@ -598,6 +598,12 @@ async fn clean_command() -> ExitCode {
     runs.sort_unstable();
     runs.dedup();
     out!("removed {killed} leftover instance processes of {} runs", runs.len());
+    // Processes just killed may take a moment to leave /proc.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let munge = testbed::clean::remove_munge_dirs();
+    if munge > 0 {
+        out!("removed {munge} munged folders of local Slurm clusters");
+    }
     clean_docker().await
 }
 

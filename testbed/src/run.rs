@@ -167,13 +167,21 @@ pub async fn execute(
         BackendKind::Process => {
             Box::new(ProcessBackend::new(&config.mock_bin, labels, &token, &log_dir))
         }
-        BackendKind::Slurm => Box::new(SlurmBackend::new(
-            config.slurm.clone(),
-            &config.mock_bin,
-            labels,
-            &token,
-            run_dir,
-        )),
+        BackendKind::Slurm => {
+            // Missing Slurm programs or an unreachable slurmrestd make the environment
+            // unusable; that is found out before anything starts.
+            if let Err(error) = SlurmBackend::check_environment(&config.slurm).await {
+                progress.phase("slurm", None, "").failed("Slurm is not usable".to_string());
+                return Err(RunError::Environment(error));
+            }
+            Box::new(SlurmBackend::new(
+                config.slurm.clone(),
+                &config.mock_bin,
+                labels,
+                &token,
+                run_dir,
+            ))
+        }
         BackendKind::Ersap => Box::new(ErsapBackend::new(
             &config.mock_bin,
             labels,

@@ -127,3 +127,14 @@ fn scenario_with_unknown_stage_lists_stages() {
     assert!(stderr.contains("unknown stage `Tracking`"), "{stderr}");
     assert!(stderr.contains("DCReconstruction, ECReconstruction"), "{stderr}");
 }
+
+#[test]
+fn slurm_fault_kinds_lose_nothing() {
+    if !crate::slurm::slurm_installed() {
+        return;
+    }
+    for (name, actions) in FAULTS {
+        let summary = run_fault("slurm", name, actions);
+        check_fault("slurm", name, &summary);
+    }
+}

@@ -7,6 +7,7 @@ mod docker;
 mod faults;
 mod inputs;
 mod report;
+mod slurm;
 mod smoke;
 mod support;
 mod xmsg;

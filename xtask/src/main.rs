@@ -5,6 +5,7 @@
 //! - `cargo xtask bench [OPTIONS]`: the same build, then a benchmark suite (`testbed bench`).
 //! - `cargo xtask clean`: remove what killed runs left behind (`testbed clean`).
 //! - `cargo xtask ci`: the pull-request workflow's steps, run here in the same order.
+//! - `cargo xtask install-slurm`: install Debian's Slurm packages for `--backend slurm`.
 //!
 //! Options after the subcommand go to the harness unchanged. The exit code is the
 //! harness's: 0 passed, 1 an expectation failed, 2 invalid input or environment.
@@ -42,7 +43,17 @@ enum Task {
     /// Run the steps of .github/workflows/ci.yml locally: format check, clippy, workflow lints
     /// (actionlint, zizmor), tests with nextest's ci profile, and the smoke scenario on Docker.
     Ci,
+    /// Install Debian's Slurm 22.05 packages that `--backend slurm` starts its local Slurm
+    /// from (apt-get; needs root or sudo). Does nothing when they are installed.
+    InstallSlurm,
 }
+
+/// Debian packages of the local Slurm; the harness's error for a missing daemon names them.
+const SLURM_PACKAGES: &[&str] =
+    &["slurm-wlm", "slurmctld", "slurmd", "munge", "slurmrestd", "slurm-wlm-jwt-plugin"];
+/// Programs those packages provide that the slurm backend runs.
+const SLURM_PROGRAMS: &[&str] =
+    &["munged", "mungekey", "slurmctld", "slurmd", "slurmrestd", "scontrol", "scancel"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -51,6 +62,7 @@ fn main() -> ExitCode {
         Task::Bench { args } => harness("bench", &args),
         Task::Clean => harness("clean", &[]),
         Task::Ci => ci(),
+        Task::InstallSlurm => install_slurm(),
     };
     match result {
         Ok(code) => code,
@@ -127,6 +139,54 @@ fn ci() -> anyhow::Result<ExitCode> {
     }
     eprintln!("every CI step passed");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Installs the Slurm packages with apt-get unless every program is already there. The
+/// JWT plugin has no program of its own, so its library is checked too.
+fn install_slurm() -> anyhow::Result<ExitCode> {
+    let found = |name: &str| {
+        ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+            .iter()
+            .any(|folder| Path::new(folder).join(name).is_file())
+    };
+    let jwt = Path::new("/usr/lib/x86_64-linux-gnu/slurm-wlm/auth_jwt.so").is_file();
+    let missing: Vec<&str> = SLURM_PROGRAMS.iter().copied().filter(|name| !found(name)).collect();
+    if missing.is_empty() && jwt {
+        eprintln!("Slurm is installed: {}", SLURM_PROGRAMS.join(", "));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let root = is_root();
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let mut command = if root { Command::new("apt-get") } else { Command::new("sudo") };
+        if !root {
+            command.arg("apt-get");
+        }
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        let status = command.status().context("failed to run apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    eprintln!("installing {}", SLURM_PACKAGES.join(" "));
+    apt(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend_from_slice(SLURM_PACKAGES);
+    apt(&install)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// True when this process runs as root, read from /proc so that no extra crate is needed.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix("Uid:")
+                    .and_then(|ids| ids.split_whitespace().next().map(|id| id == "0"))
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn tool(program: &std::ffi::OsStr, root: &Path, args: &[&str]) -> Command {

@@ -37,6 +37,9 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// about 3 of these to set the node down.
 const SLURMD_TIMEOUT_S: u32 = 3;
 
+/// Start of the name of munged's folder under /tmp; the run id follows.
+pub const MUNGE_DIR_PREFIX: &str = "testbed-munge-";
+
 /// A running local cluster.
 pub struct LocalSlurm {
     dir: PathBuf,
@@ -64,6 +67,14 @@ fn program(name: &str) -> Result<PathBuf, String> {
          with `cargo xtask install-slurm` (apt-get install {PACKAGES}), or point the run at a \
          running slurmrestd with --slurm-url and --slurm-token"
     ))
+}
+
+/// Checks that every program the local cluster runs is installed.
+pub fn check_programs() -> Result<(), String> {
+    for name in ["munged", "mungekey", "slurmctld", "slurmd", "slurmrestd", "scontrol", "scancel"] {
+        program(name)?;
+    }
+    Ok(())
 }
 
 /// A free TCP port on 127.0.0.1, as the kernel hands it out. Another program could take it
@@ -103,7 +114,7 @@ impl LocalSlurm {
         let scontrol = program("scontrol")?;
         let started = Instant::now();
 
-        let munge_dir = PathBuf::from(format!("/tmp/testbed-munge-{}", labels.run_id));
+        let munge_dir = Path::new("/tmp").join(format!("{MUNGE_DIR_PREFIX}{}", labels.run_id));
         for folder in ["", "state", "spool", "run", "log", "jobs"] {
             make_dir(&dir.join(folder))?;
         }

@@ -121,6 +121,18 @@ impl SlurmBackend {
         }
     }
 
+    /// Checks, before a run, that the local Slurm's programs are installed or that a site's
+    /// slurmrestd answers with the token.
+    pub async fn check_environment(target: &SlurmTarget) -> Result<(), String> {
+        match target {
+            SlurmTarget::Local => local::check_programs(),
+            SlurmTarget::Existing { url, user, token } => {
+                let rest = SlurmRest::new(url, user, token)?;
+                rest.ping().await.map_err(|error| format!("Slurm at {url} is not usable: {error}"))
+            }
+        }
+    }
+
     fn rest(&self) -> Result<&SlurmRest, BackendError> {
         self.rest.as_ref().ok_or_else(|| {
             BackendError::Environment("the slurm backend is used before provisioning".into())
