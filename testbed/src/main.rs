@@ -170,6 +170,9 @@ enum Suite {
     Provision,
     /// Wall time and simulated events per second of the sim backend on 100 to 10,000 nodes.
     Sim,
+    /// Provisioning of the topology and the start of one instance on the process, docker
+    /// and slurm backends, with Slurm's submit-to-running time (reads --topology).
+    Backends,
     /// Every fault kind at a fixed rate: detection, recovery, replays, events lost.
     Recovery,
     /// A manual rescale and the autoscaler: settling time and steps.
@@ -369,6 +372,10 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
         Suite::Provision => {
             provision_bench(&args.topology, args.repetitions, args.output.as_deref()).await
         }
+        Suite::Backends => {
+            backends_bench(&args.topology, args.repetitions, &mock_bin, args.output.as_deref())
+                .await
+        }
         Suite::Sim => {
             let folder = PathBuf::from("target/testbed/bench-sim");
             out!(
@@ -449,6 +456,65 @@ async fn bench_command(args: BenchArgs) -> ExitCode {
             write_benchmarks(args.output.as_deref(), &dataplane_benchmarks(&runs))
         }
     }
+}
+
+/// The backends suite: process, docker and slurm, `repetitions` times each.
+async fn backends_bench(
+    topology: &Path,
+    repetitions: u32,
+    mock_bin: &Path,
+    output: Option<&Path>,
+) -> ExitCode {
+    use testbed::bench::backends::{self, BACKENDS};
+    let file = topology;
+    let topology = match orchestrator::model::Topology::load(file) {
+        Ok(topology) => topology,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "backends: {} ({} clusters, {} nodes) on {}, {repetitions} repetitions; the docker \
+         node image is built on first use, which takes minutes",
+        file.display(),
+        topology.clusters().len(),
+        topology.nodes().len(),
+        BACKENDS.join(", ")
+    );
+    let work_dir = std::env::temp_dir().join(format!("testbed-backends-{}", std::process::id()));
+    let mut runs = Vec::new();
+    for repetition in 1..=repetitions {
+        for backend in BACKENDS {
+            match backends::measure(backend, &topology, mock_bin, &work_dir, repetition).await {
+                Ok(figures) => {
+                    let to_running = figures
+                        .submit_to_running_s
+                        .map(|s| format!(", submit to running {s:.2} s"))
+                        .unwrap_or_default();
+                    out!(
+                        "repetition {repetition} {backend:<8} provision {:>6.2} s, instance \
+                         start {:>6.3} s{to_running}, teardown {:>5.2} s",
+                        figures.provision_s,
+                        figures.instance_start_s,
+                        figures.teardown_s
+                    );
+                    runs.push((backend.to_string(), figures));
+                }
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&work_dir);
+                    eprintln!("error: {error:#}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work_dir);
+    let entries = backends::benchmarks(&runs);
+    for entry in &entries {
+        out!("{:<40} {:>8.3} {}", entry.name, entry.value, entry.unit);
+    }
+    write_benchmarks(output, &entries)
 }
 
 /// The provision suite: the docker backend against Compose, `repetitions` times.

@@ -32,7 +32,7 @@ pub const PACKAGES: &str = "slurm-wlm slurmctld slurmd munge slurmrestd slurm-wl
 /// slurmctld runs that cycle about 3 s after it starts.
 const READY_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long a daemon may take to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+const STOP_GRACE: Duration = Duration::from_secs(1);
 /// Seconds of silence after which slurmctld marks a slurmd not responding. Slurm takes
 /// about 3 of these to set the node down.
 const SLURMD_TIMEOUT_S: u32 = 3;
@@ -344,29 +344,37 @@ impl LocalSlurm {
             return;
         }
         self.stopped = true;
-        // slurmrestd first, munged last: the others need munged to say goodbye.
+        // The Slurm daemons all at once, munged after them: they need it to say goodbye.
         let mut daemons = std::mem::take(&mut self.daemons);
         let munged =
             daemons.iter().position(|(name, _)| name == "munged").map(|at| daemons.remove(at));
-        let rest =
-            daemons.iter().position(|(name, _)| name == "slurmrestd").map(|at| daemons.remove(at));
-        for (name, mut child) in rest.into_iter().chain(daemons).chain(munged) {
-            // A frozen daemon does not see SIGTERM until it runs again.
-            if let Some(pid) = child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            }
-            if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
-                warn!(daemon = %name, "did not exit after SIGTERM; killing it");
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
-        }
+        stop_daemons(&mut daemons).await;
+        stop_daemons(&mut munged.into_iter().collect::<Vec<_>>()).await;
         let killed = kill_run_processes(&self.run_id);
         if killed > 0 {
             debug!(killed, "killed job steps left by the local Slurm");
         }
         let _ = std::fs::remove_dir_all(&self.munge_dir);
+    }
+}
+
+/// Sends SIGTERM to every daemon, then waits for each, killing those that outlast
+/// [`STOP_GRACE`].
+async fn stop_daemons(daemons: &mut [(String, Child)]) {
+    for (_, child) in daemons.iter() {
+        // A frozen daemon does not see SIGTERM until it runs again.
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    for (name, child) in daemons.iter_mut() {
+        if tokio::time::timeout_at(deadline, child.wait()).await.is_err() {
+            warn!(daemon = %name, "did not exit after SIGTERM; killing it");
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
     }
 }
 
