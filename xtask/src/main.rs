@@ -41,7 +41,8 @@ enum Task {
     /// Remove processes that killed runs left behind.
     Clean,
     /// Run the steps of .github/workflows/ci.yml locally: format check, clippy, workflow lints
-    /// (actionlint, zizmor), tests with nextest's ci profile, and the smoke scenario on Docker.
+    /// (actionlint, zizmor), Slurm's packages, tests with nextest's ci profile, and the smoke
+    /// scenario on Docker.
     Ci,
     /// Install Debian's Slurm 22.05 packages that `--backend slurm` starts its local Slurm
     /// from (apt-get; needs root or sudo). Does nothing when they are installed.
@@ -111,6 +112,7 @@ fn ci() -> anyhow::Result<ExitCode> {
         ),
         ("actionlint", tool("actionlint".as_ref(), &root, &[])),
         ("zizmor", tool("zizmor".as_ref(), &root, &["--offline", ".github/workflows"])),
+        ("install slurm", tool(&cargo, &root, &["xtask", "install-slurm"])),
         ("tests", tool(&cargo, &root, &["nextest", "run", "--workspace", "--profile", "ci"])),
         (
             "release build",
