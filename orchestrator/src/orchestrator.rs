@@ -443,8 +443,14 @@ impl Orchestrator {
             )));
         }
         let to_replicas = NonZeroU32::new(to).ok_or_else(|| rescale_error("0 replicas".into()))?;
-        self.workflow.set_replicas(stage, to_replicas).map_err(rescale_error)?;
         let from = self.live_replicas(stage);
+        // Once the stages drain, a new replica would get no end frame and a removed one
+        // could hold the last events: the stream has ended, so the stage keeps its size.
+        if self.drain_requested.iter().any(|requested| *requested) {
+            warn!(stage = %name, from, to, "rescale skipped: the stream has ended and the stages drain");
+            return Ok(from);
+        }
+        self.workflow.set_replicas(stage, to_replicas).map_err(rescale_error)?;
         let cores = self.workflow.stage(stage).cores.get();
         if to > from {
             let cluster = self.cluster_of(stage);
@@ -468,12 +474,31 @@ impl Orchestrator {
                 .map(|id| id.replica + 1)
                 .max()
                 .unwrap_or(0);
+            let specs: Vec<InstanceSpec> = nodes
+                .into_iter()
+                .enumerate()
+                .map(|(offset, node)| {
+                    let id = InstanceId::new(stage, next_index + offset as u32);
+                    self.spec_for(id, node, (0, 0))
+                })
+                .collect();
+            // All at once, so that a scheduler (Slurm) starts them in one cycle.
+            let results = self.backend.start_instances(&specs).await;
             let mut started = Vec::new();
-            for (offset, node) in nodes.into_iter().enumerate() {
-                let id = InstanceId::new(stage, next_index + offset as u32);
-                let spec = self.spec_for(id, node, (0, 0));
-                self.start(spec).await?;
-                started.push(id);
+            let mut first_error = None;
+            for (spec, result) in specs.into_iter().zip(results) {
+                match result {
+                    Ok(endpoints) => {
+                        started.push(spec.id);
+                        self.record_started(spec, endpoints);
+                    }
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            if let Some(error) = first_error {
+                return Err(error.into());
             }
             self.wait_ready(&started).await?;
             for id in &started {
@@ -567,12 +592,6 @@ impl Orchestrator {
             let _ = record.state.advance(InstanceState::Stopped);
         }
         self.backend.teardown().await?;
-        Ok(())
-    }
-
-    async fn start(&mut self, spec: InstanceSpec) -> Result<(), OrchestratorError> {
-        let endpoints = self.backend.start_instance(&spec).await?;
-        self.record_started(spec, endpoints);
         Ok(())
     }
 

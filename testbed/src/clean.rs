@@ -54,14 +54,14 @@ pub fn leftover_processes() -> Vec<LeftoverProcess> {
     found
 }
 
-/// Removes the munged folders under /tmp of local Slurm clusters whose runs have no process
+/// Removes the folders under /tmp of local Slurm clusters whose runs have no process
 /// left; returns how many it removed. Call it after the leftover processes are killed.
-pub fn remove_munge_dirs() -> usize {
+pub fn remove_slurm_dirs() -> usize {
     let Ok(entries) = std::fs::read_dir("/tmp") else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(run_id) = name.strip_prefix(crate::backends::slurm::local::MUNGE_DIR_PREFIX)
+        let Some(run_id) = name.strip_prefix(crate::backends::slurm::local::RUNTIME_DIR_PREFIX)
         else {
             continue;
         };

@@ -232,6 +232,11 @@ async fn run_command(args: RunArgs) -> ExitCode {
         },
         seed: args.seed,
     };
+    if matches!(config.slurm, SlurmTarget::Existing { .. }) && config.backend != BackendKind::Slurm
+    {
+        eprintln!("error: --slurm-url applies only to --backend slurm; add --backend slurm");
+        return ExitCode::from(2);
+    }
     let inputs = match Inputs::load(&config) {
         Ok(inputs) => inputs,
         Err(error) => return report_error(&error),
@@ -666,9 +671,9 @@ async fn clean_command() -> ExitCode {
     out!("removed {killed} leftover instance processes of {} runs", runs.len());
     // Processes just killed may take a moment to leave /proc.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let munge = testbed::clean::remove_munge_dirs();
-    if munge > 0 {
-        out!("removed {munge} munged folders of local Slurm clusters");
+    let slurm_dirs = testbed::clean::remove_slurm_dirs();
+    if slurm_dirs > 0 {
+        out!("removed {slurm_dirs} /tmp folders of local Slurm clusters");
     }
     clean_docker().await
 }

@@ -170,6 +170,18 @@ pub async fn execute(
         BackendKind::Slurm => {
             // Missing Slurm programs or an unreachable slurmrestd make the environment
             // unusable; that is found out before anything starts.
+            let faults: Vec<&str> = inputs
+                .scenario
+                .actions
+                .iter()
+                .map(|action| action.kind.name())
+                .filter(|name| *name != "scale")
+                .collect();
+            let checked =
+                SlurmBackend::check_inputs(&config.slurm, run_id, &inputs.topology, &faults);
+            if let Err(error) = checked {
+                return Err(RunError::Environment(error));
+            }
             if let Err(error) = SlurmBackend::check_environment(&config.slurm).await {
                 progress.phase("slurm", None, "").failed("Slurm is not usable".to_string());
                 return Err(RunError::Environment(error));

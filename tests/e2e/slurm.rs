@@ -41,8 +41,8 @@ fn run_processes(run_id: &str) -> Vec<String> {
 fn assert_nothing_left(summary: &serde_json::Value) {
     let run_id = summary["run_id"].as_str().unwrap();
     assert_eq!(run_processes(run_id), Vec::<String>::new(), "processes of run {run_id} remain");
-    let munge = format!("/tmp/testbed-munge-{run_id}");
-    assert!(!Path::new(&munge).exists(), "{munge} remains");
+    let runtime = format!("/tmp/testbed-slurm-{run_id}");
+    assert!(!Path::new(&runtime).exists(), "{runtime} remains");
 }
 
 #[test]
@@ -179,12 +179,37 @@ fn slurm_killed_harness_is_cleaned_by_clean() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&clean.stdout);
     assert!(clean.status.success(), "{stdout}{}", String::from_utf8_lossy(&clean.stderr));
-    assert!(stdout.contains("munged folders"), "{stdout}");
+    assert!(stdout.contains("folders of local Slurm clusters"), "{stdout}");
     // SIGKILLed processes leave /proc once reaped; allow them a moment.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !run_processes(&run_id).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(run_processes(&run_id), Vec::<String>::new());
-    assert!(!Path::new(&format!("/tmp/testbed-munge-{run_id}")).exists());
+    assert!(!Path::new(&format!("/tmp/testbed-slurm-{run_id}")).exists());
+}
+
+#[test]
+fn slurm_rejects_names_it_cannot_use() {
+    let topology = std::fs::read_to_string(
+        crate::support::project_root().join("fixtures/topologies/three-sites.yaml"),
+    )
+    .unwrap();
+    let long = "n".repeat(30);
+    let cases =
+        [("nid-001", long.as_str(), "allows at most"), ("perlmutter", "default", "Slurm reserves")];
+    for (from, to, expected) in cases {
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("topology.yaml");
+        std::fs::write(&file, topology.replace(from, to)).unwrap();
+        let output = folder.path().join("out");
+        let result = testbed_run(&output)
+            .arg("--backend=slurm")
+            .arg(format!("--topology={}", file.display()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{to}: {stderr}");
+        assert!(stderr.contains(expected), "{to}: {stderr}");
+    }
 }

@@ -5,9 +5,9 @@
 //! and slurmrestd. All of them stay in the foreground as children of the harness, listen on
 //! 127.0.0.1 or a unix socket, and carry the run id in their environment, so that
 //! `testbed clean` finds what a killed run left. Configuration, state and logs are under
-//! the run's `slurm/` folder; only munged's socket lives in a short folder under /tmp,
-//! because munged needs every folder above its socket to be world-searchable and a socket
-//! path must stay under 108 bytes.
+//! the run's `slurm/` folder. munged's socket and the slurmd spools, which hold the job
+//! steps' sockets, live in a short folder under /tmp instead: munged needs every folder
+//! above its socket to be world-searchable, and a socket path must stay under 108 bytes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -37,8 +37,9 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// about 3 of these to set the node down.
 const SLURMD_TIMEOUT_S: u32 = 3;
 
-/// Start of the name of munged's folder under /tmp; the run id follows.
-pub const MUNGE_DIR_PREFIX: &str = "testbed-munge-";
+/// Start of the name of the run's folder under /tmp (munged's socket, slurmd spools); the run
+/// id follows.
+pub const RUNTIME_DIR_PREFIX: &str = "testbed-slurm-";
 
 /// A running local cluster.
 pub struct LocalSlurm {
@@ -52,6 +53,8 @@ pub struct LocalSlurm {
     rest: SlurmRest,
     run_id: String,
     stopped: bool,
+    /// Ports the daemons use; instances take theirs from the same pool.
+    pub ports: PortPool,
 }
 
 /// Locates a daemon or tool of the Slurm packages.
@@ -85,6 +88,41 @@ pub fn free_port() -> Result<u16, String> {
     listener.local_addr().map(|addr| addr.port()).map_err(|error| error.to_string())
 }
 
+/// Ports handed out in one run, so that no two daemons or instances get the same one: the
+/// kernel can return a port again right after it was probed and released.
+#[derive(Debug, Default)]
+pub struct PortPool {
+    used: std::collections::BTreeSet<u16>,
+}
+
+impl PortPool {
+    pub fn take(&mut self) -> Result<u16, String> {
+        for _ in 0..100 {
+            let port = free_port()?;
+            if self.used.insert(port) {
+                return Ok(port);
+            }
+        }
+        Err("no unused port on 127.0.0.1 after 100 tries".to_string())
+    }
+}
+
+/// The run's folder under /tmp.
+pub fn runtime_dir(run_id: &str) -> PathBuf {
+    Path::new("/tmp").join(format!("{RUNTIME_DIR_PREFIX}{run_id}"))
+}
+
+/// Longest node name whose job step sockets fit in a unix socket path, for `run_id`. A
+/// step's socket is `<runtime>/spool/<node>/<node>_<job id>.4294967291`.
+pub fn max_node_name(run_id: &str) -> usize {
+    const SOCKET_PATH_MAX: usize = 107;
+    let fixed = runtime_dir(run_id).to_string_lossy().len()
+        + "/spool/".len()
+        + "/_".len()
+        + "9999999.4294967291".len();
+    SOCKET_PATH_MAX.saturating_sub(fixed) / 2
+}
+
 /// Partition of a topology cluster: its name, which is also how a site's Slurm names it.
 pub fn partition_name(cluster: &str) -> String {
     cluster.to_string()
@@ -114,8 +152,8 @@ impl LocalSlurm {
         let scontrol = program("scontrol")?;
         let started = Instant::now();
 
-        let munge_dir = Path::new("/tmp").join(format!("{MUNGE_DIR_PREFIX}{}", labels.run_id));
-        for folder in ["", "state", "spool", "run", "log", "jobs"] {
+        let munge_dir = runtime_dir(&labels.run_id);
+        for folder in ["", "state", "run", "log", "jobs"] {
             make_dir(&dir.join(folder))?;
         }
         make_dir(&munge_dir)?;
@@ -129,6 +167,7 @@ impl LocalSlurm {
             })
             .map_err(|error| format!("cannot write {}: {error}", jwt_key.display()))?;
 
+        let mut pool = PortPool::default();
         let mut nodes = Vec::new();
         for cluster in topology.clusters() {
             for node in &cluster.nodes {
@@ -136,13 +175,13 @@ impl LocalSlurm {
                 nodes.push((
                     node.name.clone(),
                     cluster.name.clone(),
-                    free_port()?,
+                    pool.take()?,
                     node.cores.get(),
                 ));
             }
         }
         let ports =
-            Ports { ctld: free_port()?, slurmd_default: free_port()?, nodes, rest: free_port()? };
+            Ports { ctld: pool.take()?, slurmd_default: pool.take()?, nodes, rest: pool.take()? };
         let conf = dir.join("slurm.conf");
         let text = config(&labels.run_id, dir, &munge_dir, &jwt_key, &ports);
         std::fs::write(&conf, text)
@@ -157,6 +196,7 @@ impl LocalSlurm {
             rest: SlurmRest::new(&format!("http://127.0.0.1:{}", ports.rest), "root", "")?,
             run_id: labels.run_id.clone(),
             stopped: false,
+            ports: pool,
         };
         let socket = munge_dir.join("munge.sock");
         let conf_arg = conf.to_string_lossy().to_string();
@@ -189,7 +229,7 @@ impl LocalSlurm {
             })
             .await?;
         for (node, _, _, _) in &ports.nodes {
-            make_dir(&dir.join("spool").join(node))?;
+            make_dir(&munge_dir.join("spool").join(node))?;
             let args =
                 ["-D".to_string(), "-N".to_string(), node.clone(), "-f".into(), conf_arg.clone()];
             let pid = cluster.spawn(&format!("slurmd-{node}"), &slurmd, &args, &[], labels)?;
@@ -480,7 +520,7 @@ fn config(run_id: &str, dir: &Path, munge_dir: &Path, jwt_key: &Path, ports: &Po
     let _ = writeln!(text, "AuthAltParameters=jwt_key={}", jwt_key.display());
     let _ = writeln!(text, "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny");
     let _ = writeln!(text, "StateSaveLocation={d}/state");
-    let _ = writeln!(text, "SlurmdSpoolDir={d}/spool/%n");
+    let _ = writeln!(text, "SlurmdSpoolDir={}/spool/%n", munge_dir.display());
     let _ = writeln!(text, "SlurmctldPidFile={d}/run/slurmctld.pid");
     let _ = writeln!(text, "SlurmdPidFile={d}/run/slurmd-%n.pid");
     let _ = writeln!(text, "SlurmctldLogFile={d}/log/slurmctld.log");
@@ -517,4 +557,28 @@ fn config(run_id: &str, dir: &Path, munge_dir: &Path, jwt_key: &Path, ports: &Po
         );
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_pool_never_repeats_a_port() {
+        let mut pool = PortPool::default();
+        let ports: Vec<u16> = (0..200).map(|_| pool.take().unwrap()).collect();
+        let unique: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len());
+    }
+
+    #[test]
+    fn node_names_fit_in_socket_paths() {
+        let run_id = "20261204-195155-dd3e90";
+        let longest = max_node_name(run_id);
+        let node = "n".repeat(longest);
+        let socket =
+            format!("{}/spool/{node}/{node}_9999999.4294967291", runtime_dir(run_id).display());
+        assert!(socket.len() <= 107, "{} bytes: {socket}", socket.len());
+        assert!(longest >= 16, "{longest}");
+    }
 }

@@ -26,7 +26,7 @@ use orchestrator::control::ReadyLine;
 use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
 use tracing::{debug, info, warn};
 
-use self::local::{LocalSlurm, free_port, partition_name, run_processes_with};
+use self::local::{LocalSlurm, PortPool, max_node_name, partition_name, run_processes_with};
 use self::rest::{JobInfo, JobRequest, SlurmRest};
 use super::process::{instance_args, log_tail};
 use super::{HARNESS_PID_ENV, RUN_ID_ENV, RunLabels, TOKEN_ENV};
@@ -70,6 +70,7 @@ pub struct SlurmBackend {
     states_at: Option<Instant>,
     /// Submit-to-running time of every job, in seconds, for the benchmark.
     pub submit_to_running_s: Vec<f64>,
+    ports: PortPool,
 }
 
 /// A submitted job whose instance is not ready yet.
@@ -118,6 +119,7 @@ impl SlurmBackend {
             states: BTreeMap::new(),
             states_at: None,
             submit_to_running_s: Vec::new(),
+            ports: PortPool::default(),
         }
     }
 
@@ -131,6 +133,60 @@ impl SlurmBackend {
                 rest.ping().await.map_err(|error| format!("Slurm at {url} is not usable: {error}"))
             }
         }
+    }
+
+    /// Checks, before a run, what the topology and the scenario ask of Slurm: partition and
+    /// node names it accepts, node names short enough for a local Slurm's socket paths, and
+    /// on a site's Slurm only faults that need no access to its machines.
+    pub fn check_inputs(
+        target: &SlurmTarget,
+        run_id: &str,
+        topology: &Topology,
+        faults: &[&str],
+    ) -> Result<(), String> {
+        let mut clusters = BTreeSet::new();
+        for cluster in topology.clusters() {
+            if !clusters.insert(cluster.name.as_str()) {
+                return Err(format!(
+                    "two sites have a cluster named `{}`; the slurm backend makes one partition \
+                     per cluster name, so rename one of them in the topology",
+                    cluster.name
+                ));
+            }
+        }
+        let nodes = topology.nodes().iter().map(|node| node.name.as_str());
+        if let Some(name) =
+            clusters.iter().copied().chain(nodes).find(|name| name.eq_ignore_ascii_case("default"))
+        {
+            return Err(format!(
+                "`{name}` is a cluster or node name in the topology, but Slurm reserves \
+                 `DEFAULT`; rename it"
+            ));
+        }
+        match target {
+            SlurmTarget::Local => {
+                let longest = max_node_name(run_id);
+                if let Some(node) = topology.nodes().iter().find(|node| node.name.len() > longest) {
+                    return Err(format!(
+                        "node name `{}` has {} characters, but a local Slurm allows at most \
+                         {longest}: its job steps' unix socket paths contain the name twice \
+                         and must stay under 108 bytes; shorten it in the topology",
+                        node.name,
+                        node.name.len()
+                    ));
+                }
+            }
+            SlurmTarget::Existing { .. } => {
+                if let Some(fault) = faults.iter().find(|fault| **fault != "kill_instance") {
+                    return Err(format!(
+                        "the scenario has a `{fault}` action, but on a site's Slurm only \
+                         kill_instance (a job cancel) is available; drop the action or run on \
+                         the local Slurm"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn rest(&self) -> Result<&SlurmRest, BackendError> {
@@ -160,13 +216,14 @@ impl SlurmBackend {
             return;
         }
         let Some(rest) = &self.rest else { return };
-        match rest.jobs().await {
-            Ok(jobs) => {
-                self.states = jobs.into_iter().map(|job| (job.job_id, job)).collect();
-                self.states_at = Some(Instant::now());
-            }
-            Err(error) => debug!(%error, "cannot list jobs"),
+        // A slow slurmrestd must not hold up the orchestrator's poll: the listing is skipped
+        // this time, and heartbeats still catch a failed instance.
+        match tokio::time::timeout(JOBS_REFRESH * 10, rest.jobs()).await {
+            Ok(Ok(jobs)) => self.states = jobs.into_iter().map(|job| (job.job_id, job)).collect(),
+            Ok(Err(error)) => debug!(%error, "cannot list jobs"),
+            Err(_) => debug!("listing jobs timed out"),
         }
+        self.states_at = Some(Instant::now());
     }
 
     /// Sets a node down in Slurm, which ends its jobs (NODE_FAIL, not requeued).
@@ -240,8 +297,8 @@ impl SlurmBackend {
         } else {
             ("0.0.0.0".to_string(), spec.node_name.clone())
         };
-        let data_port = free_port().map_err(start_error)?;
-        let control_port = free_port().map_err(start_error)?;
+        let data_port = self.ports.take().map_err(start_error)?;
+        let control_port = self.ports.take().map_err(start_error)?;
         let mut args = instance_args(spec, &self.labels, &bind);
         args.push(format!("--data-port={data_port}"));
         args.push(format!("--control-port={control_port}"));
@@ -421,16 +478,6 @@ impl Backend for SlurmBackend {
                 self.mock_bin.display()
             )));
         }
-        let mut names = BTreeSet::new();
-        for cluster in topology.clusters() {
-            if !names.insert(cluster.name.as_str()) {
-                return Err(BackendError::Environment(format!(
-                    "two sites have a cluster named `{}`; the slurm backend makes one partition \
-                     per cluster name, so rename one of them in the topology",
-                    cluster.name
-                )));
-            }
-        }
         self.node_names =
             topology.nodes().iter().map(|node| (node.id, node.name.clone())).collect();
         self.clusters =
@@ -438,9 +485,10 @@ impl Backend for SlurmBackend {
         match self.target.clone() {
             SlurmTarget::Local => {
                 let dir = self.run_dir.join("slurm");
-                let local = LocalSlurm::start(topology, &dir, &self.labels)
+                let mut local = LocalSlurm::start(topology, &dir, &self.labels)
                     .await
                     .map_err(|reason| provision_error("the local Slurm", reason))?;
+                self.ports = std::mem::take(&mut local.ports);
                 self.rest = Some(local.rest().clone());
                 self.local = Some(local);
             }
@@ -495,17 +543,20 @@ impl Backend for SlurmBackend {
         let rest = self.rest()?.clone();
         // A frozen node cannot act on a cancel: its job processes go at once.
         if self.down_nodes.contains(&node) {
-            if let Some(local) = &self.local {
-                let _ =
-                    local.tool("scancel", &["--batch", "--signal=KILL", &job_id.to_string()]).await;
-            }
             let node_name = self.node_name(node);
+            let job = job_id.to_string();
             for pid in run_processes_with(
                 &self.labels.run_id,
-                &[("SLURMD_NODENAME", &node_name), ("SLURM_JOB_ID", &job_id.to_string())],
+                &[("SLURMD_NODENAME", &node_name), ("SLURM_JOB_ID", &job)],
             ) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            // Its slurmd may be frozen too, so the job's end is not waited for; the cancel
+            // is only recorded with Slurm, which ends the job once the node answers.
+            let _ = tokio::time::timeout(Duration::from_secs(1), rest.cancel(job_id)).await;
+            self.jobs.get_mut(&id).expect("looked up above").exit =
+                Some(format!("slurm job {job_id} killed on a failed node"));
+            return Ok(());
         }
         if let Err(error) = rest.cancel(job_id).await {
             // A job that has already ended cannot be cancelled; anything else is an error.

@@ -256,7 +256,9 @@ fn error_text(error: &Value) -> String {
 }
 
 fn describe(error: &reqwest::Error) -> String {
-    if error.is_connect() {
+    if error.is_builder() {
+        "invalid URL; write it as http://HOST:PORT".to_string()
+    } else if error.is_connect() {
         "cannot connect; is slurmrestd running at that address?".to_string()
     } else if error.is_timeout() {
         format!("no reply within {} s", REQUEST_TIMEOUT.as_secs())
