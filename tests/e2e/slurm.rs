@@ -104,9 +104,8 @@ fn slurm_node_loss_loses_nothing() {
     let fault = &summary["faults"][0];
     assert_eq!(fault["kind"], "kill_node");
     assert!(fault["detected_after_s"].as_f64().is_some(), "{summary}");
-    // Slurm itself reported the node's jobs as failed.
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(stdout.is_empty() || !stdout.contains("FAILED"), "{stdout}");
+
+    // Slurm itself ended the node's jobs.
     let ctld_log = std::fs::read_to_string(output.join("latest/slurm/log/slurmctld.log")).unwrap();
     assert!(ctld_log.contains("Killing JobId="), "no job was ended by the node loss:\n{ctld_log}");
     assert_nothing_left(&summary);

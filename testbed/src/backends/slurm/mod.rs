@@ -36,11 +36,11 @@ use super::{HARNESS_PID_ENV, RUN_ID_ENV, RunLabels, TOKEN_ENV};
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a cancelled job may take to end before the stop counts as failed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Job states are fetched at most this often; each poll of the orchestrator asks for
-/// every instance.
+/// Job states are fetched at most this often, because each poll of the orchestrator
+/// requests them for every instance.
 const JOBS_REFRESH: Duration = Duration::from_millis(50);
 
-/// Where the Slurm to use comes from.
+/// Source of the Slurm a run uses.
 #[derive(Debug, Clone)]
 pub enum SlurmTarget {
     /// Start a private cluster for the run.

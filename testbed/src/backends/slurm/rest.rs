@@ -1,8 +1,8 @@
 //! Client of slurmrestd's REST API, version v0.0.38 (the newest that Slurm 22.05 serves).
 //!
 //! Only the calls the backend needs: ping, node and job listings, scheduler statistics,
-//! job submission and cancel. Slurm answers errors with HTTP 4xx or 5xx and a JSON body whose
-//! `errors` list says why; both end up in [`RestError`].
+//! job submission and cancel. Slurm reports errors with HTTP 4xx or 5xx and a JSON body
+//! whose `errors` list gives the reason. Both end up in [`RestError`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub struct RestError {
     pub reason: String,
 }
 
-/// Where slurmrestd listens and who the requests act as.
+/// Client of one slurmrestd: its base URL and the user and token the requests act as.
 #[derive(Debug, Clone)]
 pub struct SlurmRest {
     http: Client,
@@ -87,7 +87,7 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
-    /// Idle, mixed or allocated, and answering its controller.
+    /// Returns true when the node is idle, mixed or allocated and responds to its controller.
     pub fn is_usable(&self) -> bool {
         matches!(self.state.as_str(), "idle" | "mixed" | "allocated")
             && !self.state_flags.iter().any(|flag| {
