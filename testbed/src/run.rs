@@ -162,6 +162,15 @@ pub async fn execute(
     let token = new_token();
     let labels = RunLabels { run_id: run_id.to_string(), harness_pid: std::process::id() };
     let log_dir = run_dir.join("logs");
+    let runs_mock_bin =
+        matches!(config.backend, BackendKind::Process | BackendKind::Ersap | BackendKind::Slurm);
+    if runs_mock_bin && !config.mock_bin.is_file() {
+        return Err(RunError::Environment(format!(
+            "mock instance binary {} not found; build it with `cargo build --release -p testbed` \
+             or pass --mock-bin",
+            config.mock_bin.display()
+        )));
+    }
     let backend: Box<dyn orchestrator::backend::Backend> = match config.backend {
         BackendKind::Sim => Box::new(crate::backends::sim::SimBackend::new(config.seed, &log_dir)),
         BackendKind::Process => {
@@ -268,6 +277,7 @@ pub async fn execute(
         _ = shutdown_signal() => None,
     };
     let interrupted = driven.is_none();
+    errors.append(&mut recorder.not_run);
     let final_stats = match driven {
         Some(Ok(())) => Some(orchestrator.final_stats().await),
         Some(Err(error)) => {
@@ -471,6 +481,21 @@ async fn drive(
         }
     }
     let finished = stream_start.elapsed().as_secs_f64();
+    // A fault that never ran tests nothing, so the run must not pass as if it had.
+    for action in pending {
+        let due = match action.when {
+            When::At(at) => format!("at {at} s"),
+            When::SinkEvents(events) => format!("after {events} events at the sink"),
+        };
+        progress.println(&format!("  {finished:>6.2} s  never ran {}", action.kind.name()));
+        recorder.not_run.push(format!(
+            "action `{}` on line {} never ran: it was due {due}, but the stream ended after \
+             {finished:.1} s with {} events (raise `stream.events` or move the action earlier)",
+            action.kind.name(),
+            action.line,
+            recorder.last_events().last().copied().unwrap_or(0)
+        ));
+    }
     phases.drain = finished - phases.stream;
     recorder.duration = finished;
     recorder.finish_faults(emitted_at.unwrap_or(if sources_done {
@@ -579,6 +604,8 @@ pub struct Recorder {
     /// Last counters of every instance, so that a failed or removed replica keeps counting
     /// in its stage's total.
     last_counts: BTreeMap<InstanceId, (u64, u64)>,
+    /// Actions that were never due before the stream ended, as errors for the summary.
+    not_run: Vec<String>,
 }
 
 impl Recorder {
@@ -592,6 +619,7 @@ impl Recorder {
             faults: Vec::new(),
             rescales: Vec::new(),
             last_counts: BTreeMap::new(),
+            not_run: Vec::new(),
         }
     }
 
