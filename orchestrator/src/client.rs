@@ -20,6 +20,14 @@ pub struct ControlError {
     pub unreachable: bool,
 }
 
+impl ControlError {
+    /// True when the instance rejected the request as conflicting with its state (HTTP 409),
+    /// such as new targets after it has drained.
+    pub fn is_conflict(&self) -> bool {
+        self.reason.starts_with("HTTP 409")
+    }
+}
+
 /// Operations on a running instance, whatever carries them: HTTP for real processes and
 /// containers, function calls for simulated instances. `endpoint` is the instance's
 /// `control_url`.
@@ -257,4 +265,26 @@ fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ControlError;
+
+    fn error(reason: &str) -> ControlError {
+        ControlError {
+            instance: "HipoReader-s0r0".into(),
+            method: "PUT".into(),
+            url: "http://127.0.0.1:1/targets".into(),
+            reason: reason.into(),
+            unreachable: false,
+        }
+    }
+
+    #[test]
+    fn conflict_is_http_409_only() {
+        assert!(error("HTTP 409 Conflict: drained").is_conflict());
+        assert!(!error("HTTP 400 Bad Request: bad target").is_conflict());
+        assert!(!error("401 unauthorized: the token is wrong").is_conflict());
+    }
 }

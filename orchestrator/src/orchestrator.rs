@@ -701,6 +701,12 @@ impl Orchestrator {
                 Err(OrchestratorError::Control(error)) if error.unreachable => {
                     debug!(instance = %error.instance, reason = %error.reason, "targets not taken; retried at the next poll");
                 }
+                // An instance that has drained sends nothing more and keeps its targets;
+                // there is nothing left to redirect.
+                Err(OrchestratorError::Control(error)) if error.is_conflict() => {
+                    debug!(instance = %error.instance, reason = %error.reason, "drained; targets left as they are");
+                    self.instances.get_mut(&id).expect("listed above").stale_targets = false;
+                }
                 Err(error) => return Err(error),
             }
         }
