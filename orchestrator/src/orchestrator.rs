@@ -49,9 +49,6 @@ pub struct Options {
     pub heartbeat: Duration,
     /// Heartbeat intervals without a reply within which a failure is declared.
     pub missed_heartbeats: u32,
-    /// How often the caller runs [`Orchestrator::poll`]. A poll waits at most this long for
-    /// each reply, so that one frozen instance does not slow the polls of the others.
-    pub poll_period: Duration,
     /// Restart failed replicas; when false a failure only gets reported.
     pub heal: bool,
 }
@@ -62,7 +59,6 @@ impl Default for Options {
             start_timeout: Duration::from_secs(20),
             heartbeat: Duration::from_millis(200),
             missed_heartbeats: 2,
-            poll_period: Duration::from_millis(100),
             heal: true,
         }
     }
@@ -200,7 +196,10 @@ impl Orchestrator {
             detector: FailureDetector::new(
                 options.heartbeat,
                 options.missed_heartbeats,
-                options.poll_period,
+                // A poll waits up to one heartbeat for each reply. Shorter waits, and a timeout
+                // shortened by a poll period, declared healthy instances failed when a loaded
+                // machine answered slowly, so silence must last the full intervals.
+                Duration::ZERO,
             ),
             dead_nodes: BTreeSet::new(),
             options,
@@ -371,7 +370,7 @@ impl Orchestrator {
     /// instances failed that ended or stayed silent too long, restarts them when healing is
     /// on, and asks the stages to drain once the sources have drained.
     pub async fn poll(&mut self) -> Result<Snapshot, OrchestratorError> {
-        let wait = self.options.poll_period.min(self.options.heartbeat);
+        let wait = self.options.heartbeat;
         let mut requests = JoinSet::new();
         for (id, record) in &self.instances {
             if !record.state.is_live() {

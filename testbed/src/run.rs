@@ -240,11 +240,7 @@ pub async fn execute(
         backend,
         &token,
         params,
-        Options {
-            heartbeat: Duration::from_millis(scenario.heartbeat_ms),
-            poll_period: POLL_INTERVAL,
-            ..Options::default()
-        },
+        Options { heartbeat: Duration::from_millis(scenario.heartbeat_ms), ..Options::default() },
     );
 
     match orchestrator.plan() {
