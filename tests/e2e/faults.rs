@@ -6,8 +6,7 @@ use std::path::Path;
 use crate::support::{latest_json, testbed_run};
 
 /// One scenario per fault kind on the three-site fixture, streaming at a fixed rate so that
-/// the fault lands mid-stream and its repair, which on Slurm waits for a scheduling cycle,
-/// ends well before the source has sent its last event.
+/// the fault lands mid-stream.
 const FAULTS: &[(&str, &str)] = &[
     ("kill_instance", "  - {at_s: 1, kill_instance: {stage: DCReconstruction, replica: 0}}\n"),
     ("kill_node", "  - {at_s: 1, kill_node: nid-001}\n"),
@@ -19,11 +18,17 @@ const FAULTS: &[(&str, &str)] = &[
     ("lose_cluster", "  - {at_s: 1, lose_cluster: ornl/defiant}\n"),
 ];
 
-fn write_scenario(folder: &Path, name: &str, actions: &str) -> std::path::PathBuf {
+/// Events per fault scenario: 3 s of stream at 10,000 events/s. Slurm gets 6 s, because its
+/// repair waits for a scheduling cycle and must end before the source has sent its last event.
+fn events_for(backend: &str) -> u64 {
+    if backend == "slurm" { 60000 } else { 30000 }
+}
+
+fn write_scenario(folder: &Path, name: &str, actions: &str, events: u64) -> std::path::PathBuf {
     let file = folder.join(format!("{name}.yaml"));
     let text = format!(
-        "name: {name}\nstream: {{events: 60000, event_size: 1024, rate: 10000}}\ntimeout_s: 90\n\
-         heartbeat_ms: 200\nactions:\n{actions}expect: {{max_lost: 0, max_duplicates: 60000}}\n"
+        "name: {name}\nstream: {{events: {events}, event_size: 1024, rate: 10000}}\ntimeout_s: 90\n\
+         heartbeat_ms: 200\nactions:\n{actions}expect: {{max_lost: 0, max_duplicates: {events}}}\n"
     );
     std::fs::write(&file, text).unwrap();
     file
@@ -31,7 +36,7 @@ fn write_scenario(folder: &Path, name: &str, actions: &str) -> std::path::PathBu
 
 fn run_fault(backend: &str, name: &str, actions: &str) -> serde_json::Value {
     let folder = tempfile::tempdir().unwrap();
-    let scenario = write_scenario(folder.path(), name, actions);
+    let scenario = write_scenario(folder.path(), name, actions, events_for(backend));
     let output = folder.path().join("out");
     let result = testbed_run(&output)
         .arg(format!("--backend={backend}"))
@@ -50,7 +55,7 @@ fn run_fault(backend: &str, name: &str, actions: &str) -> serde_json::Value {
 
 fn check_fault(backend: &str, name: &str, summary: &serde_json::Value) {
     assert_eq!(summary["events"]["lost"], 0, "{backend} {name}: {summary}");
-    assert_eq!(summary["events"]["expected"], 60000, "{backend} {name}");
+    assert_eq!(summary["events"]["expected"], events_for(backend), "{backend} {name}");
     let faults = summary["faults"].as_array().unwrap();
     assert_eq!(faults.len(), 1, "{backend} {name}: {summary}");
     assert_eq!(faults[0]["kind"], name);
@@ -90,6 +95,7 @@ fn sim_same_seed_same_result() {
         folder.path(),
         "determinism",
         "  - {at_s: 1, kill_node: nid-001}\n  - {at_s: 1.5, scale: {stage: ECReconstruction, to: 3}}\n",
+        30000,
     );
     let mut results = Vec::new();
     for attempt in 0..2 {
@@ -115,8 +121,12 @@ fn sim_same_seed_same_result() {
 #[test]
 fn scenario_with_unknown_stage_lists_stages() {
     let folder = tempfile::tempdir().unwrap();
-    let scenario =
-        write_scenario(folder.path(), "bad", "  - {at_s: 1, scale: {stage: Tracking, to: 2}}\n");
+    let scenario = write_scenario(
+        folder.path(),
+        "bad",
+        "  - {at_s: 1, scale: {stage: Tracking, to: 2}}\n",
+        30000,
+    );
     let output = testbed_run(&folder.path().join("out"))
         .arg(format!("--scenario={}", scenario.display()))
         .output()
