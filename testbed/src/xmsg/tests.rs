@@ -663,10 +663,21 @@ async fn random_frames_leave_proxy_and_registrar_working() {
     use rand::{Rng, SeedableRng};
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-    let proxy = Proxy::bind_free(Ipv4Addr::LOCALHOST).await.expect("proxy");
+    let mut attempts = 0;
+    let (proxy, server) = loop {
+        let proxy = Proxy::bind_free(Ipv4Addr::LOCALHOST).await.expect("proxy");
+        let address = proxy.address();
+        match RegistrarServer::bind(address.host, address.registrar_port()).await {
+            Ok(server) => break (proxy, server),
+            // The registrar's port follows the proxy's, and another test can take it first.
+            Err(error) if attempts < 5 => {
+                attempts += 1;
+                eprintln!("registrar port taken ({error:?}); binding again");
+            }
+            Err(error) => panic!("registrar: {error:?}"),
+        }
+    };
     let address = proxy.address();
-    let server =
-        RegistrarServer::bind(address.host, address.registrar_port()).await.expect("registrar");
     let mut publisher = PubSocket::new();
     publisher.connect(&address.endpoint(address.pub_port())).await.expect("connect");
     let prefixes: [&[u8]; 4] = [b"xmsg:control", b"xmsg:control:con", b"xmsg:control:sub", b""];
