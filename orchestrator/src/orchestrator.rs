@@ -306,20 +306,7 @@ impl Orchestrator {
             }
         }
         let started: Vec<InstanceId> = specs.iter().map(|spec| spec.id).collect();
-        let results = self.backend.start_instances(&specs).await;
-        let mut first_error = None;
-        for (spec, result) in specs.into_iter().zip(results) {
-            // Every instance that did start is recorded, so that shutdown stops it.
-            match result {
-                Ok(endpoints) => self.record_started(spec, endpoints),
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
-        if let Some(error) = first_error {
-            return Err(error.into());
-        }
+        self.start_all(specs).await?;
         self.wait_ready(&started).await?;
         for stage in 0..self.workflow.stages().len().saturating_sub(1) {
             self.link_stage(StageId(stage)).await?;
@@ -481,24 +468,8 @@ impl Orchestrator {
                     self.spec_for(id, node, (0, 0))
                 })
                 .collect();
-            // All at once, so that a scheduler (Slurm) starts them in one cycle.
-            let results = self.backend.start_instances(&specs).await;
-            let mut started = Vec::new();
-            let mut first_error = None;
-            for (spec, result) in specs.into_iter().zip(results) {
-                match result {
-                    Ok(endpoints) => {
-                        started.push(spec.id);
-                        self.record_started(spec, endpoints);
-                    }
-                    Err(error) => {
-                        first_error.get_or_insert(error);
-                    }
-                }
-            }
-            if let Some(error) = first_error {
-                return Err(error.into());
-            }
+            let started: Vec<InstanceId> = specs.iter().map(|spec| spec.id).collect();
+            self.start_all(specs).await?;
             self.wait_ready(&started).await?;
             for id in &started {
                 self.link_instance(*id).await?;
@@ -594,6 +565,22 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// Starts every spec at once, so that a scheduler (Slurm) starts them in one cycle, and
+    /// records each instance that started, so that shutdown stops it. Returns the first error.
+    async fn start_all(&mut self, specs: Vec<InstanceSpec>) -> Result<(), OrchestratorError> {
+        let results = self.backend.start_instances(&specs).await;
+        let mut first_error = None;
+        for (spec, result) in specs.into_iter().zip(results) {
+            match result {
+                Ok(endpoints) => self.record_started(spec, endpoints),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), |error| Err(error.into()))
+    }
+
     fn record_started(&mut self, spec: InstanceSpec, endpoints: InstanceEndpoints) {
         let name = spec.name();
         let mut state = InstanceState::Pending;
@@ -645,14 +632,18 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Sends every live replica of `stage` the live replicas of the next stage as targets.
-    async fn link_stage(&mut self, stage: StageId) -> Result<(), OrchestratorError> {
-        let senders: Vec<InstanceId> = self
-            .instances
+    /// Lists the live replicas of `stage`.
+    fn live_replicas_of(&self, stage: StageId) -> Vec<InstanceId> {
+        self.instances
             .iter()
             .filter(|(id, record)| id.stage == stage && record.state.is_live())
             .map(|(id, _)| *id)
-            .collect();
+            .collect()
+    }
+
+    /// Sends every live replica of `stage` the live replicas of the next stage as targets.
+    async fn link_stage(&mut self, stage: StageId) -> Result<(), OrchestratorError> {
+        let senders = self.live_replicas_of(stage);
         let mut count = 0;
         for id in senders {
             count = self.send_targets(id).await?;
@@ -666,12 +657,7 @@ impl Orchestrator {
     /// or cannot be reached, keeps its targets marked stale instead of holding up a repair
     /// (a frozen instance would take the whole request timeout to answer).
     async fn relink_stage(&mut self, stage: StageId) -> Result<(), OrchestratorError> {
-        let senders: Vec<InstanceId> = self
-            .instances
-            .iter()
-            .filter(|(id, record)| id.stage == stage && record.state.is_live())
-            .map(|(id, _)| *id)
-            .collect();
+        let senders = self.live_replicas_of(stage);
         for id in senders {
             self.instances.get_mut(&id).expect("listed above").stale_targets = true;
         }
