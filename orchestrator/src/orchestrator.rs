@@ -655,7 +655,7 @@ impl Orchestrator {
 
     /// Like [`Orchestrator::link_stage`] while the workflow runs: a sender that is silent,
     /// or cannot be reached, keeps its targets marked stale instead of holding up a repair
-    /// (a frozen instance would take the whole request timeout to answer).
+    /// (a frozen instance would take the whole request timeout to reply).
     async fn relink_stage(&mut self, stage: StageId) -> Result<(), OrchestratorError> {
         let senders = self.live_replicas_of(stage);
         for id in senders {
@@ -664,7 +664,7 @@ impl Orchestrator {
         self.resend_stale_targets().await
     }
 
-    /// Sends their targets to the live instances marked stale that answered a recent poll.
+    /// Sends their targets to the live instances marked stale that replied to a recent poll.
     async fn resend_stale_targets(&mut self) -> Result<(), OrchestratorError> {
         let now = Instant::now();
         let stale: Vec<InstanceId> = self

@@ -524,7 +524,7 @@ impl Backend for DockerBackend {
         if instance.process.exit_reason().is_some() {
             return Ok(());
         }
-        // A frozen container holds a SIGKILL until it is thawed or removed, so waiting for
+        // A frozen container delays a SIGKILL until it is thawed or removed, so waiting for
         // the exit would stall the repair: the signal is sent and the instance left to it.
         let frozen = self.down_nodes.contains(&instance.node);
         if frozen {

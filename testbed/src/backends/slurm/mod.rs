@@ -124,7 +124,7 @@ impl SlurmBackend {
     }
 
     /// Checks, before a run, that the local Slurm's programs are installed or that a site's
-    /// slurmrestd answers with the token.
+    /// slurmrestd replies to a ping with the token.
     pub async fn check_environment(target: &SlurmTarget) -> Result<(), String> {
         match target {
             SlurmTarget::Local => local::check_programs(),
@@ -199,7 +199,7 @@ impl SlurmBackend {
         self.node_names.get(&node).cloned().unwrap_or_else(|| format!("node {}", node.0))
     }
 
-    /// The local cluster, for faults that need its command-line tools or daemons.
+    /// Returns the local cluster, for faults that need its command-line tools or daemons.
     fn local_for(&self, fault: &Fault) -> Result<&LocalSlurm, BackendError> {
         self.local.as_ref().ok_or_else(|| BackendError::Unsupported {
             fault: format!(
@@ -242,7 +242,7 @@ impl SlurmBackend {
         Ok(())
     }
 
-    /// Freezes (SIGSTOP) or thaws (SIGCONT) a node: its slurmd, so that Slurm sees it stop
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) a node: its slurmd, so that Slurm marks it as not
     /// responding, and the run's job processes on it, so that they stop answering too.
     fn signal_node(
         &mut self,
@@ -405,7 +405,7 @@ impl SlurmBackend {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        // The first poll that sees RUNNING can come after the ready line.
+        // The first poll that reports RUNNING can come after the ready line.
         let to_running = running_at.unwrap_or_else(|| submitted.elapsed());
         self.submit_to_running_s.push(to_running.as_secs_f64());
         let ready: ReadyLine = serde_json::from_str(&line)
@@ -552,7 +552,7 @@ impl Backend for SlurmBackend {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             // Its slurmd may be frozen too, so the job's end is not waited for; the cancel
-            // is only recorded with Slurm, which ends the job once the node answers.
+            // is only recorded with Slurm, which ends the job once the node responds.
             let _ = tokio::time::timeout(Duration::from_secs(1), rest.cancel(job_id)).await;
             self.jobs.get_mut(&id).expect("looked up above").exit =
                 Some(format!("slurm job {job_id} killed on a failed node"));

@@ -61,7 +61,7 @@ impl JobInfo {
         ) && !self.job_state.is_empty()
     }
 
-    /// How the job ended, for failure reports.
+    /// Describes how the job ended, for failure reports.
     pub fn describe_end(&self) -> String {
         let mut text = format!("slurm job {} ended {}", self.job_id, self.job_state);
         if !self.state_reason.is_empty() && self.state_reason != "None" {
@@ -96,7 +96,7 @@ impl NodeInfo {
     }
 }
 
-/// What [`SlurmRest::submit`] sends: one batch job pinned to one node.
+/// Request of [`SlurmRest::submit`]: one batch job pinned to one node.
 #[derive(Debug, Clone)]
 pub struct JobRequest {
     pub name: String,
