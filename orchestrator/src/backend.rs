@@ -69,6 +69,14 @@ pub enum BackendError {
     Unsupported { fault: String, backend: String },
 }
 
+/// Sequence numbers a sink replica received: sorted, disjoint, half-open `[start, end)`
+/// ranges, and how many receptions repeated an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SinkRecord {
+    pub ranges: Vec<[u64; 2]>,
+    pub duplicates: u64,
+}
+
 /// A fault the harness injects through the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -117,7 +125,6 @@ pub trait Backend: Send {
         spec: &InstanceSpec,
     ) -> Result<InstanceEndpoints, BackendError>;
 
-    /// Stops one instance and frees what it used.
     /// Starts several instances; the results come in the order of `specs`. Backends whose
     /// start waits on something outside (a batch scheduler) override it to start them all
     /// at once.
@@ -132,6 +139,7 @@ pub trait Backend: Send {
         results
     }
 
+    /// Stops one instance and frees what it used.
     async fn stop_instance(&mut self, id: InstanceId) -> Result<(), BackendError>;
 
     /// Returns `Some(reason)` when the instance has ended by itself (crashed or exited).
@@ -154,6 +162,12 @@ pub trait Backend: Send {
             fault: fault.kind().to_string(),
             backend: self.kind().to_string(),
         })
+    }
+
+    /// What a sink replica recorded before it stopped answering (killed, frozen or cut off),
+    /// from the record it keeps outside itself. `None` when there is no such record.
+    fn lost_sink_record(&self, _id: InstanceId, _name: &str) -> Option<SinkRecord> {
+        None
     }
 
     /// The control channel to instances; `None` means HTTP with the run's token.

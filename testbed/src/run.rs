@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use orchestrator::InputError;
-use orchestrator::backend::Fault;
+use orchestrator::backend::{Fault, SinkRecord};
 use orchestrator::control::Role;
 use orchestrator::model::{InstanceId, InstanceState, StageId, Topology, Workflow};
 use orchestrator::orchestrator::{Event, Options, Orchestrator, OrchestratorError, StreamParams};
@@ -284,6 +284,10 @@ pub async fn execute(
         None => None,
     };
     let reports = if interrupted { BTreeMap::new() } else { orchestrator.reports().await };
+    let lost_sinks = match &final_stats {
+        Some(final_stats) => lost_sink_records(&orchestrator, final_stats),
+        None => Vec::new(),
+    };
 
     let teardown = progress.phase("teardown", None, "");
     let teardown_start = Instant::now();
@@ -308,6 +312,7 @@ pub async fn execute(
         &orchestrator,
         &scenario,
         &final_stats,
+        &lost_sinks,
         &recorder,
         phases,
         errors,
@@ -686,6 +691,35 @@ impl Recorder {
     }
 }
 
+/// What the sink replicas that gave no final counters recorded before they went away. An
+/// event such a sink acknowledged is never sent again, so without its record the event
+/// would count as lost although it reached the writer.
+fn lost_sink_records(
+    orchestrator: &Orchestrator,
+    final_stats: &BTreeMap<
+        InstanceId,
+        Result<orchestrator::control::Stats, orchestrator::client::ControlError>,
+    >,
+) -> Vec<SinkRecord> {
+    let sink = orchestrator.workflow().sink().id;
+    let mut records = Vec::new();
+    for record in orchestrator.instances() {
+        let answered = matches!(final_stats.get(&record.spec.id), Some(Ok(_)));
+        if record.spec.id.stage != sink || record.endpoints.is_none() || answered {
+            continue;
+        }
+        match orchestrator.backend().lost_sink_record(record.spec.id, &record.name) {
+            Some(found) => {
+                let events: u64 = found.ranges.iter().map(|[start, end]| end - start).sum();
+                info!(instance = %record.name, events, "counted a lost sink's events from its record");
+                records.push(found);
+            }
+            None => warn!(instance = %record.name, "a lost sink left no record of its events"),
+        }
+    }
+    records
+}
+
 #[allow(clippy::too_many_arguments)]
 fn summarize(
     config: &RunConfig,
@@ -695,6 +729,7 @@ fn summarize(
         InstanceId,
         Result<orchestrator::control::Stats, orchestrator::client::ControlError>,
     >,
+    lost_sinks: &[SinkRecord],
     recorder: &Recorder,
     phases: Phases,
     mut errors: Vec<String>,
@@ -717,6 +752,7 @@ fn summarize(
     let sent: u64 = stats_of(workflow.source().id).map(|stats| stats.events_out).sum();
     let sinks: Vec<(Vec<[u64; 2]>, u64)> = stats_of(workflow.sink().id)
         .map(|stats| (stats.received.clone().unwrap_or_default(), stats.duplicates))
+        .chain(lost_sinks.iter().map(|record| (record.ranges.clone(), record.duplicates)))
         .collect();
     let events = results::count_events(scenario.stream.events, sent, &sinks);
     let timeline = results::timeline(&recorder.samples);

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use orchestrator::backend::{Backend, BackendError, InstanceEndpoints, InstanceSpec};
+use orchestrator::backend::{Backend, BackendError, InstanceEndpoints, InstanceSpec, SinkRecord};
 use orchestrator::control::Role;
 use orchestrator::model::{InstanceId, Topology};
 use serde::Deserialize;
@@ -33,7 +33,8 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::process::{instance_args, log_tail};
+use super::process::{instance_args, journal_arg, log_tail};
+use crate::instance::journal;
 use super::{HARNESS_PID_ENV, RUN_ID_ENV, RunLabels, TOKEN_ENV};
 use crate::xmsg::client::CHECK_TIMEOUT;
 use crate::xmsg::{
@@ -390,6 +391,7 @@ impl Backend for ErsapBackend {
         let name = spec.name();
         let front_end = self.front_end_address()?;
         let mut args = instance_args(spec, &self.labels, "127.0.0.1");
+        args.extend(journal_arg(spec, &self.log_dir));
         args.push(format!("--xmsg-fe={front_end}"));
         args.push(format!("--report-period-s={REPORT_PERIOD_S}"));
         let (child, line) = self.spawn(&name, &spec.node_name, args).await?;
@@ -480,6 +482,10 @@ impl Backend for ErsapBackend {
 
     fn log_dir(&self) -> Option<PathBuf> {
         Some(self.log_dir.clone())
+    }
+
+    fn lost_sink_record(&self, _id: InstanceId, name: &str) -> Option<SinkRecord> {
+        journal::read_in(&self.log_dir, name)
     }
 }
 

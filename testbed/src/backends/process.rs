@@ -10,17 +10,21 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use std::collections::BTreeSet;
 
+use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orchestrator::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
+use orchestrator::backend::{
+    Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec, SinkRecord,
+};
 use orchestrator::control::{ReadyLine, Role};
 use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tracing::{debug, warn};
+
+use crate::instance::journal;
 
 use super::{HARNESS_PID_ENV, RUN_ID_ENV, RunLabels, TOKEN_ENV};
 
@@ -82,6 +86,12 @@ impl ProcessBackend {
 
 /// Command-line arguments of `mock-ersap` for one instance, shared by every backend that
 /// runs the binary.
+/// `--journal` for a sink, whose journal lives in `log_dir` as the instance sees it.
+pub fn journal_arg(spec: &InstanceSpec, log_dir: &Path) -> Option<String> {
+    (spec.role == Role::Sink)
+        .then(|| format!("--journal={}", journal::path_in(log_dir, &spec.name()).display()))
+}
+
 pub fn instance_args(spec: &InstanceSpec, labels: &RunLabels, bind: &str) -> Vec<String> {
     let mut args = vec![
         format!("--role={}", spec.role),
@@ -158,6 +168,7 @@ impl Backend for ProcessBackend {
         let mut command = Command::new(&self.mock_bin);
         command
             .args(instance_args(spec, &self.labels, "127.0.0.1"))
+            .args(journal_arg(spec, &self.log_dir))
             .arg(format!("--harness-pid={}", self.labels.harness_pid))
             .env(TOKEN_ENV, &self.token)
             .env(RUN_ID_ENV, &self.labels.run_id)
@@ -248,6 +259,10 @@ impl Backend for ProcessBackend {
 
     fn log_dir(&self) -> Option<PathBuf> {
         Some(self.log_dir.clone())
+    }
+
+    fn lost_sink_record(&self, _id: InstanceId, name: &str) -> Option<SinkRecord> {
+        journal::read_in(&self.log_dir, name)
     }
 
     async fn node_alive(&mut self, node: NodeId) -> bool {

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orchestrator::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
+use orchestrator::backend::{
+    Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec, SinkRecord,
+};
 use orchestrator::client::{ControlError, InstanceControl};
 use orchestrator::control::{Drain, Health, LatencySummary, Phase, Role, Stats, Targets};
 use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
@@ -403,6 +405,14 @@ fn processing_speed(spec: &InstanceSpec, size: u32) -> f64 {
 impl Backend for SimBackend {
     fn kind(&self) -> &'static str {
         "sim"
+    }
+
+    /// The model keeps a lost sink's ranges, as the journal of a real one keeps them.
+    fn lost_sink_record(&self, id: InstanceId, _name: &str) -> Option<SinkRecord> {
+        let world = self.world();
+        let sink = world.instances.get(&id)?;
+        let ranges = sink.received.iter().map(|&(start, end)| [start, end]).collect();
+        Some(SinkRecord { ranges, duplicates: sink.duplicates })
     }
 
     async fn provision(&mut self, topology: &Topology) -> Result<(), BackendError> {

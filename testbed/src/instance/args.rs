@@ -116,6 +116,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub output_size: u32,
 
+    /// Sink: file to which every received range of sequence numbers is appended before it is
+    /// acknowledged, so that what a sink recorded outlives it (see `journal`).
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<std::path::PathBuf>,
+
     /// PID of the harness. The instance exits within 1 s after that process is gone.
     #[arg(long)]
     pub harness_pid: Option<u32>,
@@ -208,6 +213,10 @@ impl Args {
                 "--seq-start + --events must fit in an unsigned 64-bit integer",
             );
         }
+        if let (Some(path), false) = (&self.journal, self.role == Role::Sink) {
+            let value = path.display().to_string();
+            return invalid("--journal", value, "only a sink keeps a journal");
+        }
         if self.report_period_s == 0 {
             return invalid("--report-period-s", "0".to_owned(), "must be at least 1");
         }
@@ -295,6 +304,7 @@ mod tests {
             (&["--event-size", "100000000"], "--event-size"),
             (&["--seq-start", "18446744073709551615", "--events", "2"], "--events"),
             (&["--config-json", "{not json"], "--config-json"),
+            (&["--journal", "out.journal"], "--journal"),
         ];
         for (extra, expected) in cases {
             let args = parse(extra).expect("clap accepts the value");

@@ -27,6 +27,7 @@ pub mod batch;
 pub mod control;
 pub mod drain;
 pub mod frame;
+pub mod journal;
 pub mod link;
 pub mod metrics;
 pub mod processor;
@@ -81,6 +82,12 @@ pub enum InstanceError {
         #[source]
         source: io::Error,
     },
+    #[error("failed to open the journal {path}")]
+    Journal {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("control server failed")]
     Control(#[source] io::Error),
 }
@@ -91,7 +98,8 @@ impl InstanceError {
         match self {
             InstanceError::MissingToken
             | InstanceError::InvalidArgument { .. }
-            | InstanceError::Bind { .. } => 2,
+            | InstanceError::Bind { .. }
+            | InstanceError::Journal { .. } => 2,
             InstanceError::Start { .. } | InstanceError::Control(_) => 1,
         }
     }
@@ -138,6 +146,13 @@ impl Instance {
         if let Some(pid) = args.harness_pid {
             check_harness_pid(pid)?;
         }
+        let journal = match &args.journal {
+            Some(path) => Some(
+                journal::Journal::open(path)
+                    .map_err(|source| InstanceError::Journal { path: path.clone(), source })?,
+            ),
+            None => None,
+        };
         let data_listener = bind(&args, args.data_port, "data")?;
         let control_listener = bind(&args, args.control_port, "control")?;
         let data_port = local_port(&data_listener, &args, "data")?;
@@ -165,6 +180,7 @@ impl Instance {
             pool,
             latency: LatencyRecorder::default(),
             received: (role == Role::Sink).then(|| Mutex::new(SeqSet::new())),
+            journal,
             drain: DrainGate::default(),
             inbound: Mutex::new(Vec::new()),
             start_tx,
@@ -250,6 +266,8 @@ pub(crate) struct Shared {
     pub latency: LatencyRecorder,
     /// Sequence numbers a sink has received, or `None` for other roles.
     pub received: Option<Mutex<SeqSet>>,
+    /// Sink only, with `--journal`: where received ranges are appended before their ack.
+    pub journal: Option<journal::Journal>,
     pub pool: Arc<BufferPool>,
     pub router: Router,
     pub drain: DrainGate,

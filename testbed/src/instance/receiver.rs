@@ -313,15 +313,24 @@ impl ConnectionReader {
         Counters::add(&counters.bytes_in, unique_bytes);
         Counters::add(&counters.duplicates, scan.events - unique_events);
 
-        // Recorded events, duplicates included, are acknowledged in one frame per read.
-        if let Some(acks) = &self.acks {
-            let mut ranges: Vec<std::ops::Range<u64>> = Vec::with_capacity(self.runs.len());
-            for run in &self.runs {
-                match ranges.last_mut() {
-                    Some(last) if last.end == run.start => last.end = run.end,
-                    _ => ranges.push(run.start..run.end),
-                }
+        // Recorded events, duplicates included, are journaled and acknowledged in one frame
+        // per read.
+        let mut ranges: Vec<std::ops::Range<u64>> = Vec::with_capacity(self.runs.len());
+        for run in &self.runs {
+            match ranges.last_mut() {
+                Some(last) if last.end == run.start => last.end = run.end,
+                _ => ranges.push(run.start..run.end),
             }
+        }
+        if let Some(journal) = &self.shared.journal {
+            if let Err(err) = journal.append(&ranges) {
+                // Were this sink to die, events without a record would count as lost, so
+                // they stay unacknowledged and their sender keeps them.
+                error!(peer = ?self.peer, error = %err, "failed to write the journal; no ack sent");
+                return;
+            }
+        }
+        if let Some(acks) = &self.acks {
             acks.send(&ranges);
         }
     }

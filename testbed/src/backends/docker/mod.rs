@@ -44,7 +44,9 @@ use async_trait::async_trait;
 use futures_util::future::{join_all, try_join_all};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orchestrator::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
+use orchestrator::backend::{
+    Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec, SinkRecord,
+};
 use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
 use testcontainers::bollard::Docker;
 use testcontainers::bollard::errors::Error as DockerError;
@@ -55,15 +57,16 @@ use testcontainers::bollard::query_parameters::{
     InspectContainerOptions, KillContainerOptionsBuilder,
 };
 use testcontainers::core::logs::LogFrame;
-use testcontainers::core::{ImageExt, WaitFor};
+use testcontainers::core::{ImageExt, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage};
 use tracing::{debug, info, warn};
 
 use self::exec::{ExecProcess, ExecRequest};
 use self::image::NodeImage;
-use super::process::instance_args;
+use super::process::{instance_args, journal_arg};
 use super::{RUN_ID_ENV, RunLabels, TOKEN_ENV};
+use crate::instance::journal;
 
 pub use agent::NODE_AGENT_FLAG;
 
@@ -71,6 +74,10 @@ pub use agent::NODE_AGENT_FLAG;
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopped instance may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Where every node container sees the run's log folder, mounted from the host, so that a
+/// sink's journal written inside a container is read by the harness even after the
+/// container is gone.
+const LOG_DIR_IN_CONTAINER: &str = "/testbed-logs";
 /// Seconds `docker stop` waits after SIGTERM before it kills a node container.
 const STOP_TIMEOUT_S: i32 = 5;
 
@@ -413,6 +420,13 @@ impl Backend for DockerBackend {
             what: format!("log folder {}", self.log_dir.display()),
             reason: error.to_string(),
         })?;
+        // The engine resolves a bind mount's source on the host, so it must be absolute.
+        self.log_dir = std::fs::canonicalize(&self.log_dir).map_err(|error| {
+            BackendError::Provision {
+                what: format!("log folder {}", self.log_dir.display()),
+                reason: error.to_string(),
+            }
+        })?;
         self.dirty = true;
         let run_id = self.labels.run_id.clone();
         for node in topology.nodes() {
@@ -487,6 +501,7 @@ impl Backend for DockerBackend {
 
         let mut command = vec![image::BINARY_IN_IMAGE.to_string()];
         command.extend(instance_args(spec, &self.labels, "0.0.0.0"));
+        command.extend(journal_arg(spec, Path::new(LOG_DIR_IN_CONTAINER)));
         command.push(format!("--advertise={}", spec.node_name));
         let request = ExecRequest {
             container: &node.name,
@@ -602,6 +617,10 @@ impl Backend for DockerBackend {
 
     fn log_dir(&self) -> Option<PathBuf> {
         Some(self.log_dir.clone())
+    }
+
+    fn lost_sink_record(&self, _id: InstanceId, name: &str) -> Option<SinkRecord> {
+        journal::read_in(&self.log_dir, name)
     }
 
     async fn node_alive(&mut self, node: NodeId) -> bool {
@@ -724,6 +743,10 @@ async fn start_node(
             site,
             cluster,
             Some(node),
+        ))
+        .with_mount(Mount::bind_mount(
+            context.log_dir.display().to_string(),
+            LOG_DIR_IN_CONTAINER,
         ))
         .with_log_consumer(node_log_writer(log))
         .with_startup_timeout(NODE_START_TIMEOUT);
