@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio::time::error::Elapsed;
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
@@ -49,6 +50,10 @@ pub struct Options {
     pub heartbeat: Duration,
     /// Heartbeat intervals without a reply within which a failure is declared.
     pub missed_heartbeats: u32,
+    /// How often the caller runs [`Orchestrator::poll`]. A poll waits at most this long for
+    /// replies, and silence is checked once per poll, so the detector suspects an instance
+    /// one poll period before the `missed_heartbeats` intervals are over.
+    pub poll_period: Duration,
     /// Restart failed replicas; when false a failure only gets reported.
     pub heal: bool,
 }
@@ -59,6 +64,7 @@ impl Default for Options {
             start_timeout: Duration::from_secs(20),
             heartbeat: Duration::from_millis(200),
             missed_heartbeats: 2,
+            poll_period: Duration::from_millis(100),
             heal: true,
         }
     }
@@ -164,6 +170,10 @@ pub struct Orchestrator {
     backend: Box<dyn Backend>,
     control: Arc<dyn InstanceControl>,
     detector: FailureDetector,
+    /// Stats requests of [`Orchestrator::poll`] still in flight, with the instances they
+    /// ask; each yields its reply and the instant it arrived.
+    polls: JoinSet<(InstanceId, Result<Result<Stats, ControlError>, Elapsed>, Instant)>,
+    polling: BTreeSet<InstanceId>,
     dead_nodes: BTreeSet<NodeId>,
     options: Options,
     params: StreamParams,
@@ -196,11 +206,10 @@ impl Orchestrator {
             detector: FailureDetector::new(
                 options.heartbeat,
                 options.missed_heartbeats,
-                // A poll waits up to one heartbeat for each reply. Shorter waits, and a timeout
-                // shortened by a poll period, declared healthy instances failed when a loaded
-                // machine answered slowly, so silence must last the full intervals.
-                Duration::ZERO,
+                options.poll_period,
             ),
+            polls: JoinSet::new(),
+            polling: BTreeSet::new(),
             dead_nodes: BTreeSet::new(),
             options,
             params,
@@ -357,27 +366,43 @@ impl Orchestrator {
     /// instances failed that ended or stayed silent too long, restarts them when healing is
     /// on, and asks the stages to drain once the sources have drained.
     pub async fn poll(&mut self) -> Result<Snapshot, OrchestratorError> {
-        let wait = self.options.heartbeat;
-        let mut requests = JoinSet::new();
+        // A reply may come later than this poll waits: its request stays in flight, is not
+        // sent again meanwhile, and its reply counts as a heartbeat when a later poll
+        // collects it. So a frozen instance delays no poll by more than `wait`, and a slow
+        // one still gets its heartbeat.
+        let wait = self.options.poll_period.min(self.options.heartbeat);
+        let reply_timeout = self.options.heartbeat * self.options.missed_heartbeats.max(1);
         for (id, record) in &self.instances {
-            if !record.state.is_live() {
+            if !record.state.is_live() || self.polling.contains(id) {
                 continue;
             }
             let control = self.control.clone();
             let (id, name, url) = (*id, record.name.clone(), control_url(record));
-            requests.spawn(async move {
-                let reply = tokio::time::timeout(wait, control.stats(&name, &url, false)).await;
-                (id, reply)
+            self.polling.insert(id);
+            self.polls.spawn(async move {
+                let reply =
+                    tokio::time::timeout(reply_timeout, control.stats(&name, &url, false)).await;
+                (id, reply, Instant::now())
             });
         }
         let at = Instant::now();
+        let deadline = at + wait;
         let mut stats = BTreeMap::new();
-        while let Some(joined) = requests.join_next().await {
-            let Ok((id, result)) = joined else { continue };
-            let record = self.instances.get_mut(&id).expect("polled instances exist");
+        loop {
+            let joined = match tokio::time::timeout_at(deadline, self.polls.join_next()).await {
+                Ok(Some(joined)) => joined,
+                Ok(None) | Err(_) => break,
+            };
+            let Ok((id, result, arrived)) = joined else { continue };
+            self.polling.remove(&id);
+            let Some(record) = self.instances.get_mut(&id) else { continue };
+            if !record.state.is_live() {
+                // Declared failed or stopped while the request was in flight.
+                continue;
+            }
             match result {
                 Ok(Ok(reply)) => {
-                    self.detector.heartbeat(id, Instant::now());
+                    self.detector.heartbeat(id, arrived);
                     let next = match reply.phase {
                         Phase::Drained => Some(InstanceState::Drained),
                         Phase::Draining => Some(InstanceState::Draining),
@@ -391,7 +416,7 @@ impl Orchestrator {
                     stats.insert(id, reply);
                 }
                 Ok(Err(error)) => debug!(instance = %record.name, %error, "poll failed"),
-                Err(_) => debug!(instance = %record.name, ?wait, "poll timed out"),
+                Err(_) => debug!(instance = %record.name, ?reply_timeout, "poll timed out"),
             }
         }
         self.detect_failures().await;

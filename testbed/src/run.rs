@@ -37,8 +37,14 @@ use crate::scenario::{Action, ActionKind, ScaleChange, Scenario, When};
 /// Test hook: when this environment variable is `1`, the harness panics right after deploy.
 pub const PANIC_AFTER_DEPLOY_ENV: &str = "TESTBED_PANIC_AFTER_DEPLOY";
 
-/// How often the harness polls every instance while streaming.
+/// How often the harness polls every instance while streaming, at most: with heartbeats
+/// shorter than twice this, it polls twice per heartbeat.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Poll period for heartbeats every `heartbeat`.
+fn poll_period(heartbeat: Duration) -> Duration {
+    POLL_INTERVAL.min(heartbeat / 2)
+}
 
 /// Backends the harness can run a scenario on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -240,7 +246,11 @@ pub async fn execute(
         backend,
         &token,
         params,
-        Options { heartbeat: Duration::from_millis(scenario.heartbeat_ms), ..Options::default() },
+        Options {
+            heartbeat: Duration::from_millis(scenario.heartbeat_ms),
+            poll_period: poll_period(Duration::from_millis(scenario.heartbeat_ms)),
+            ..Options::default()
+        },
     );
 
     match orchestrator.plan() {
@@ -380,7 +390,7 @@ async fn drive(
     let mut emitted_at: Option<f64> = None;
     let mut pending: Vec<Action> = scenario.actions.clone();
     let mut autoscaler = crate::autoscaler::Autoscaler::new(scenario.autoscale);
-    let mut interval = tokio::time::interval(POLL_INTERVAL);
+    let mut interval = tokio::time::interval(orchestrator.options().poll_period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
