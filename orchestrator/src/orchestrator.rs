@@ -153,6 +153,13 @@ pub struct InstanceRecord {
     /// Set when the instance could not be given its new targets because it was silent or
     /// unreachable; later polls send them again until it takes them or is declared failed.
     pub stale_targets: bool,
+    /// Receivers whose end frame from this sender is settled: it had them as targets when
+    /// it drained, so it sent them one, or it had drained before they were added, so it
+    /// never will (they count it in `missing_ends`).
+    pub settled_targets: BTreeSet<InstanceId>,
+    /// Upstream replicas that had drained before this receiver was added to their targets
+    /// and so will never send it an end frame.
+    pub missing_ends: u32,
 }
 
 /// Counters of every live instance at one moment.
@@ -164,6 +171,9 @@ pub struct Snapshot {
     pub drained: bool,
 }
 
+/// A poll's stats request: the instance, its reply or timeout, and when it ended.
+type PollReply = (InstanceId, Result<Result<Stats, ControlError>, Elapsed>, Instant);
+
 pub struct Orchestrator {
     topology: Topology,
     workflow: Workflow,
@@ -172,7 +182,7 @@ pub struct Orchestrator {
     detector: FailureDetector,
     /// Stats requests of [`Orchestrator::poll`] still in flight, with the instances they
     /// ask; each yields its reply and the instant it arrived.
-    polls: JoinSet<(InstanceId, Result<Result<Stats, ControlError>, Elapsed>, Instant)>,
+    polls: JoinSet<PollReply>,
     polling: BTreeSet<InstanceId>,
     dead_nodes: BTreeSet<NodeId>,
     options: Options,
@@ -622,6 +632,8 @@ impl Orchestrator {
                 state,
                 replaced: false,
                 stale_targets: false,
+                settled_targets: BTreeSet::new(),
+                missing_ends: 0,
             },
         );
     }
@@ -686,7 +698,22 @@ impl Orchestrator {
         for id in senders {
             self.instances.get_mut(&id).expect("listed above").stale_targets = true;
         }
+        let drained: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|(id, record)| id.stage == stage && record.state == InstanceState::Drained)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in drained {
+            let receivers = self.live_receivers_of(stage);
+            self.settle_missing_ends(id, receivers).await?;
+        }
         self.resend_stale_targets().await
+    }
+
+    /// The live replicas of the stage after `stage`.
+    fn live_receivers_of(&self, stage: StageId) -> BTreeSet<InstanceId> {
+        self.live_replicas_of(StageId(stage.0 + 1)).into_iter().collect()
     }
 
     /// Sends their targets to the live instances marked stale that replied to a recent poll.
@@ -727,11 +754,10 @@ impl Orchestrator {
     async fn send_targets(&mut self, id: InstanceId) -> Result<usize, OrchestratorError> {
         let sender = &self.instances[&id];
         let from = self.topology.node(sender.spec.node).site;
-        let next = StageId(id.stage.0 + 1);
-        let targets: Vec<Target> = self
-            .instances
-            .values()
-            .filter(|record| record.spec.id.stage == next && record.state.is_live())
+        let receivers = self.live_receivers_of(id.stage);
+        let targets: Vec<Target> = receivers
+            .iter()
+            .map(|receiver| &self.instances[receiver])
             .map(|record| {
                 let link = self.topology.link(from, self.topology.node(record.spec.node).site);
                 Target {
@@ -742,8 +768,51 @@ impl Orchestrator {
             })
             .collect();
         let count = targets.len();
-        self.control.set_targets(&sender.name, &control_url(sender), &Targets { targets }).await?;
-        Ok(count)
+        let (name, url) = (sender.name.clone(), control_url(sender));
+        match self.control.set_targets(&name, &url, &Targets { targets }).await {
+            Ok(()) => {
+                self.instances.get_mut(&id).expect("exists").settled_targets = receivers;
+                Ok(count)
+            }
+            Err(error) if error.is_conflict() => {
+                self.settle_missing_ends(id, receivers).await?;
+                Err(error.into())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Accounts for a sender that refused new targets because it has drained: a receiver
+    /// it did not have before gets no end frame from it, so it is told to expect one fewer.
+    async fn settle_missing_ends(
+        &mut self,
+        sender: InstanceId,
+        receivers: BTreeSet<InstanceId>,
+    ) -> Result<(), OrchestratorError> {
+        let record = self.instances.get_mut(&sender).expect("exists");
+        let new: Vec<InstanceId> = receivers.difference(&record.settled_targets).copied().collect();
+        record.settled_targets.extend(new.iter().copied());
+        for receiver in new {
+            self.instances.get_mut(&receiver).expect("exists").missing_ends += 1;
+            let stage = receiver.stage.0;
+            if self.drain_requested.get(stage).copied().unwrap_or(false) {
+                self.request_drain(receiver).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks one receiver to drain after the end frames of the upstream replicas that will
+    /// send it one.
+    async fn request_drain(&self, id: InstanceId) -> Result<(), OrchestratorError> {
+        let record = &self.instances[&id];
+        if !record.state.is_live() {
+            return Ok(());
+        }
+        let expected_ends = self.upstream_count(id.stage).saturating_sub(record.missing_ends);
+        debug!(instance = %record.name, expected_ends, "requesting drain");
+        self.control.drain(&record.name, &control_url(record), &Drain { expected_ends }).await?;
+        Ok(())
     }
 
     async fn detect_failures(&mut self) {
@@ -942,11 +1011,7 @@ impl Orchestrator {
             self.relink_stage(StageId(id.stage.0 - 1)).await?;
         }
         if self.drain_requested.get(id.stage.0).copied().unwrap_or(false) {
-            let expected_ends = self.upstream_count(id.stage);
-            let record = &self.instances[&id];
-            self.control
-                .drain(&record.name, &control_url(record), &Drain { expected_ends })
-                .await?;
+            self.request_drain(id).await?;
         }
         Ok(())
     }
@@ -1006,14 +1071,14 @@ impl Orchestrator {
                 continue;
             }
             let expected_ends = self.upstream_count(StageId(stage));
-            let receivers: Vec<(String, String)> = self
+            let receivers: Vec<InstanceId> = self
                 .instances
                 .values()
                 .filter(|record| record.spec.id.stage.0 == stage && record.state.is_live())
-                .map(|record| (record.name.clone(), control_url(record)))
+                .map(|record| record.spec.id)
                 .collect();
-            for (name, url) in receivers {
-                self.control.drain(&name, &url, &Drain { expected_ends }).await?;
+            for id in receivers {
+                self.request_drain(id).await?;
             }
             self.drain_requested[stage] = true;
             let stage_name = self.workflow.stage(StageId(stage)).name.clone();

@@ -135,6 +135,25 @@ fn sim_same_seed_same_result() {
     assert_eq!(results[0].0["events"]["lost"], 0);
 }
 
+/// A replica killed after its upstream stage has drained: the replacement gets no end
+/// frame from the drained upstream, so it must not wait for one. In the simulation the kill
+/// at 3.1 s lands right after the source drained, before the processors did.
+#[test]
+fn sim_replacement_after_upstream_drained_finishes() {
+    let folder = tempfile::tempdir().unwrap();
+    let kill = "  - {at_s: 3.1, kill_instance: {stage: DCReconstruction, replica: 0}}\n";
+    let scenario = write_scenario(folder.path(), "late_kill", kill, 30000);
+    let output = folder.path().join("out");
+    let result = testbed_run(&output)
+        .args(["--backend=sim", "--seed=7"])
+        .arg(format!("--scenario={}", scenario.display()))
+        .output()
+        .unwrap();
+    let summary = latest_json(&output, "summary.json");
+    assert!(result.status.success(), "{}\n{summary}", String::from_utf8_lossy(&result.stderr));
+    check_fault("sim", "late_kill", "kill_instance", &summary);
+}
+
 #[test]
 fn scenario_with_unknown_stage_lists_stages() {
     let folder = tempfile::tempdir().unwrap();

@@ -34,8 +34,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::process::{instance_args, journal_arg, log_tail};
-use crate::instance::journal;
 use super::{HARNESS_PID_ENV, RUN_ID_ENV, RunLabels, TOKEN_ENV};
+use crate::instance::journal;
 use crate::xmsg::client::CHECK_TIMEOUT;
 use crate::xmsg::{
     DpeName, OwnerType, ProxyAddress, Publisher, RegistrarClient, Requester, Status, Subscriber,

@@ -686,6 +686,18 @@ impl InstanceControl for SimControl {
         targets: &Targets,
     ) -> Result<(), ControlError> {
         let now = Instant::now();
+        // A real instance that has drained refuses new targets; so does a simulated one.
+        let drained =
+            self.with(instance, endpoint, "PUT", |world, id| world.instances[&id].sent_end)?;
+        if drained {
+            return Err(ControlError {
+                instance: instance.to_string(),
+                method: "PUT".to_string(),
+                url: endpoint.to_string(),
+                reason: "HTTP 409 Conflict: the instance has drained".to_string(),
+                unreachable: false,
+            });
+        }
         self.with(instance, endpoint, "PUT", |world, id| {
             let resolved: Vec<(InstanceId, Duration)> = targets
                 .targets

@@ -105,10 +105,10 @@ mod tests {
         let path = dir.path().join("sink.journal");
         let journal = Journal::open(&path).unwrap();
         journal.append(&[0..10, 20..30]).unwrap();
-        journal.append(&[5..12]).unwrap();
+        journal.append(std::slice::from_ref(&(5..12))).unwrap();
         drop(journal);
         // A second open appends instead of truncating.
-        Journal::open(&path).unwrap().append(&[40..41]).unwrap();
+        Journal::open(&path).unwrap().append(std::slice::from_ref(&(40..41))).unwrap();
 
         let record = read(&path).unwrap();
         assert_eq!(record.ranges, vec![[0, 12], [20, 30], [40, 41]]);

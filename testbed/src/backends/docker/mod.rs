@@ -421,12 +421,11 @@ impl Backend for DockerBackend {
             reason: error.to_string(),
         })?;
         // The engine resolves a bind mount's source on the host, so it must be absolute.
-        self.log_dir = std::fs::canonicalize(&self.log_dir).map_err(|error| {
-            BackendError::Provision {
+        self.log_dir =
+            std::fs::canonicalize(&self.log_dir).map_err(|error| BackendError::Provision {
                 what: format!("log folder {}", self.log_dir.display()),
                 reason: error.to_string(),
-            }
-        })?;
+            })?;
         self.dirty = true;
         let run_id = self.labels.run_id.clone();
         for node in topology.nodes() {
@@ -744,10 +743,7 @@ async fn start_node(
             cluster,
             Some(node),
         ))
-        .with_mount(Mount::bind_mount(
-            context.log_dir.display().to_string(),
-            LOG_DIR_IN_CONTAINER,
-        ))
+        .with_mount(Mount::bind_mount(context.log_dir.display().to_string(), LOG_DIR_IN_CONTAINER))
         .with_log_consumer(node_log_writer(log))
         .with_startup_timeout(NODE_START_TIMEOUT);
     let container = request.start().await.map_err(|error| {
