@@ -61,8 +61,16 @@ fn smoke_run_writes_every_artifact() {
     assert!(junit.contains("events lost"), "{junit}");
     assert!(!junit.contains("<failure"), "{junit}");
 
-    let logs: Vec<_> = std::fs::read_dir(latest.join("logs")).unwrap().flatten().collect();
-    assert_eq!(logs.len(), 8, "one log per instance: 1 + 2 + 2 + 2 + 1");
+    let names: Vec<String> = std::fs::read_dir(latest.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    let logs = names.iter().filter(|name| name.ends_with(".log")).count();
+    assert_eq!(logs, 8, "one log per instance, 1 + 2 + 2 + 2 + 1: {names:?}");
+    let journals: Vec<&String> = names.iter().filter(|name| name.ends_with(".journal")).collect();
+    assert_eq!(journals, ["HipoWriter-s4r0.journal"], "one journal per sink: {names:?}");
+    assert_eq!(names.len(), logs + journals.len(), "nothing else: {names:?}");
     assert!(latest.join("testbed.log").is_file());
 
     let reports: Vec<_> = std::fs::read_dir(latest.join("reports")).unwrap().flatten().collect();
