@@ -115,7 +115,8 @@ async fn docker_faults_change_node_state() {
     assert_eq!(status(&docker, &containers["dfnt-02"]).await, ContainerStateStatusEnum::RUNNING);
 
     backend.kill_node("farm-02").await.unwrap();
-    assert_eq!(status(&docker, &containers["farm-02"]).await, ContainerStateStatusEnum::EXITED);
+    let exited = ContainerStateStatusEnum::EXITED;
+    assert_eq!(status_within(&docker, &containers["farm-02"], exited).await, exited);
     assert_eq!(exit_code(&docker, &containers["farm-02"]).await, 137, "128 + SIGKILL");
 
     let error = backend.pause_node("no-such-node").await.unwrap_err();
@@ -133,7 +134,7 @@ async fn docker_faults_change_node_state() {
     assert_eq!(status(&docker, &containers["dfnt-01"]).await, ContainerStateStatusEnum::RUNNING);
     let cluster = topology.cluster_by_name("jlab/farm").unwrap().id;
     backend.inject(Fault::LoseCluster(cluster)).await.unwrap();
-    assert_eq!(status(&docker, &containers["farm-01"]).await, ContainerStateStatusEnum::EXITED);
+    assert_eq!(status_within(&docker, &containers["farm-01"], exited).await, exited);
 
     backend.teardown().await.expect("teardown");
     let (containers, networks) = labelled(&docker, &run_filter).await;
@@ -331,6 +332,23 @@ async fn attached_networks(docker: &Docker, container: &str) -> Vec<String> {
     let inspect = inspect(docker, container).await;
     let networks = inspect.network_settings.and_then(|settings| settings.networks);
     networks.map(|networks| networks.into_keys().collect()).unwrap_or_default()
+}
+
+/// Waits up to 5 s for a container to reach `wanted` and returns its last status. A killed
+/// node's init gets SIGKILL from this host, and the engine records the exit a moment later.
+async fn status_within(
+    docker: &Docker,
+    container: &str,
+    wanted: ContainerStateStatusEnum,
+) -> ContainerStateStatusEnum {
+    let start = Instant::now();
+    loop {
+        let current = status(docker, container).await;
+        if current == wanted || start.elapsed() > Duration::from_secs(5) {
+            return current;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn status(docker: &Docker, container: &str) -> ContainerStateStatusEnum {

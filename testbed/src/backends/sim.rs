@@ -25,7 +25,7 @@ use orchestrator::backend::{
 };
 use orchestrator::client::{ControlError, InstanceControl};
 use orchestrator::control::{Drain, Health, LatencySummary, Phase, Role, Stats, Targets};
-use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
+use orchestrator::model::{ClusterId, InstanceId, NodeId, StageId, Topology};
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
@@ -64,7 +64,9 @@ struct SimInstance {
     /// Fractional events carried to the next step.
     credit: f64,
     expected_ends: Option<u32>,
-    ends: BTreeSet<InstanceId>,
+    /// Upstream replicas, as stage and replica index, whose end arrived; a replacement's
+    /// end does not count again, as on a real receiver.
+    ends: BTreeSet<(StageId, u32)>,
     sent_end: bool,
     events_in: u64,
     events_out: u64,
@@ -145,7 +147,7 @@ impl World {
                     }
                 }
                 None => {
-                    target.ends.insert(flight.from);
+                    target.ends.insert((flight.from.stage, flight.from.replica));
                 }
             }
         }

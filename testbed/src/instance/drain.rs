@@ -1,11 +1,14 @@
 //! Bookkeeping that decides when a processor or sink has handled its last event.
 //!
 //! A receiver is finished when three things hold: `POST /drain` has set how many end frames
-//! to expect, that many have arrived, and no received event is still queued. Readers count an
+//! to expect, that many upstream replicas have sent one, and no received event is still
+//! queued. End frames are counted per sending replica: a replacement whose predecessor had
+//! sent its end frame before it failed sends a second one, which must not count. Readers count an
 //! end frame only after handing over every data frame before it, and workers decrement the
 //! queue only after handing their output to a link, so once the condition holds every event is
 //! on a link's channel, ahead of the end frames that closing the links appends.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -19,10 +22,19 @@ pub struct DrainGate {
     changed: Condvar,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct EndCount {
     expected: Option<u32>,
-    received: u32,
+    /// Replica indexes of the upstream replicas whose end frame arrived.
+    senders: BTreeSet<u32>,
+    /// End frames that name no sender; each counts.
+    anonymous: u32,
+}
+
+impl EndCount {
+    fn received(&self) -> u32 {
+        self.senders.len() as u32 + self.anonymous
+    }
 }
 
 /// Interval at which the waiting thread rechecks the queue depth. Workers signal when the queue
@@ -36,9 +48,20 @@ impl DrainGate {
         self.changed.notify_all();
     }
 
-    pub fn end_received(&self) {
-        self.lock().received += 1;
+    /// Counts an end frame from replica `sender` (or from an unnamed sender) and returns
+    /// false when that replica had already sent one.
+    pub fn end_received(&self, sender: Option<u32>) -> bool {
+        let mut state = self.lock();
+        let counted = match sender {
+            Some(replica) => state.senders.insert(replica),
+            None => {
+                state.anonymous += 1;
+                true
+            }
+        };
+        drop(state);
         self.changed.notify_all();
+        counted
     }
 
     /// Wakes the waiting thread so that it rechecks the queue.
@@ -48,7 +71,7 @@ impl DrainGate {
 
     /// Number of end frames received so far.
     pub fn ends_received(&self) -> u32 {
-        self.lock().received
+        self.lock().received()
     }
 
     /// Blocks until the drain was requested, all expected end frames arrived and `queued`
@@ -56,7 +79,7 @@ impl DrainGate {
     pub fn wait_until_drained(&self, queued: &AtomicU64) {
         let mut state = self.lock();
         loop {
-            let ends_complete = state.expected.is_some_and(|expected| state.received >= expected);
+            let ends_complete = state.expected.is_some_and(|expected| state.received() >= expected);
             if ends_complete && Counters::get(queued) == 0 {
                 return;
             }
@@ -86,12 +109,18 @@ mod tests {
             thread::spawn(move || gate.wait_until_drained(&queued))
         };
 
-        gate.end_received();
+        assert!(gate.end_received(Some(0)));
         gate.request(2);
         thread::sleep(Duration::from_millis(20));
         assert!(!waiter.is_finished(), "drained with one of two ends");
 
-        gate.end_received();
+        // A second end frame from replica 0, as its replacement would send, does not count.
+        assert!(!gate.end_received(Some(0)));
+        thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "drained on a repeated end frame");
+        assert_eq!(gate.ends_received(), 1);
+
+        assert!(gate.end_received(Some(1)));
         thread::sleep(Duration::from_millis(20));
         assert!(!waiter.is_finished(), "drained with events still queued");
 

@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | 0 | 1 | `kind` | 1 = data, 2 = end of stream, 3 = acknowledgement |
 //! | 1 | 8 | `seq` | data: the event's sequence number; end: data frames sent on this connection; ack: number of ranges |
-//! | 9 | 8 | `created_ns` | Unix time in nanoseconds when the source created the event |
+//! | 9 | 8 | `created_ns` | data: Unix time in nanoseconds when the source created the event; end: the sender's replica index plus one (0: not given) |
 //! | 17 | 4 | `len` | payload length in bytes |
 //!
 //! The payload follows the header. An end frame has no payload and is the last frame that a
@@ -66,9 +66,22 @@ impl FrameHeader {
         Self { kind: FrameKind::Data, seq, created_ns, len }
     }
 
-    /// Creates the header of an end frame that announces `frames_sent` data frames.
-    pub fn end(frames_sent: u64) -> Self {
-        Self { kind: FrameKind::End, seq: frames_sent, created_ns: 0, len: 0 }
+    /// Creates the header of an end frame that announces `frames_sent` data frames, sent by
+    /// replica `sender` of its stage. A receiver counts one end per sending replica, so the
+    /// end frame of a replacement does not count again if the replica it replaces sent one.
+    pub fn end(frames_sent: u64, sender: Option<u32>) -> Self {
+        let created_ns = sender.map_or(0, |replica| u64::from(replica) + 1);
+        Self { kind: FrameKind::End, seq: frames_sent, created_ns, len: 0 }
+    }
+
+    /// The sending replica's index carried by an end frame, if it gives one.
+    pub fn end_sender(&self) -> Option<u32> {
+        match self.kind {
+            FrameKind::End => {
+                self.created_ns.checked_sub(1).and_then(|index| index.try_into().ok())
+            }
+            FrameKind::Data | FrameKind::Ack => None,
+        }
     }
 
     /// Size of the whole frame, header included, in bytes.
@@ -268,7 +281,7 @@ mod tests {
 
     #[test]
     fn end_frame_carries_frame_count() {
-        let bytes = FrameHeader::end(10_000).to_bytes();
+        let bytes = FrameHeader::end(10_000, Some(3)).to_bytes();
         let header = FrameHeader::decode(&bytes).expect("valid").expect("complete");
         assert_eq!(header.kind, FrameKind::End);
         assert_eq!(header.seq, 10_000);
@@ -308,7 +321,7 @@ mod tests {
         unknown[0] = 9;
         assert_eq!(FrameHeader::decode(&unknown), Err(FrameError::UnknownKind(9)));
 
-        let mut end_with_payload = FrameHeader::end(1).to_bytes();
+        let mut end_with_payload = FrameHeader::end(1, None).to_bytes();
         end_with_payload[17] = 4;
         assert_eq!(FrameHeader::decode(&end_with_payload), Err(FrameError::EndWithPayload(4)));
 

@@ -111,6 +111,8 @@ pub struct RouterInner {
     span: tracing::Span,
     /// Events sent and not yet acknowledged, including those being replayed.
     unacked: AtomicU64,
+    /// This instance's replica index, which its end frames carry.
+    replica: u32,
     weak_self: Weak<RouterInner>,
 }
 
@@ -129,7 +131,12 @@ struct Links {
 }
 
 impl Router {
-    pub fn new(counters: Arc<Counters>, pool: Arc<BufferPool>, span: tracing::Span) -> Self {
+    pub fn new(
+        counters: Arc<Counters>,
+        pool: Arc<BufferPool>,
+        span: tracing::Span,
+        replica: u32,
+    ) -> Self {
         Self(Arc::new_cyclic(|weak_self| RouterInner {
             links: Mutex::new(Links::default()),
             changed: Condvar::new(),
@@ -138,6 +145,7 @@ impl Router {
             pool,
             span,
             unacked: AtomicU64::new(0),
+            replica,
             weak_self: weak_self.clone(),
         }))
     }
@@ -451,6 +459,7 @@ impl Link {
             frames_sent: 0,
             counters: Arc::clone(&router.counters),
             alive: Arc::clone(&alive),
+            replica: router.replica,
         };
         let span = router.span.clone();
         let thread = thread::Builder::new()
@@ -917,6 +926,7 @@ struct LinkWriter {
     frames_sent: u64,
     counters: Arc<Counters>,
     alive: Arc<AtomicBool>,
+    replica: u32,
 }
 
 /// `Close` message received by a link thread.
@@ -1049,7 +1059,7 @@ impl LinkWriter {
         if request.send_end {
             // The end frame is delayed like any other frame.
             sleep_until(self.shaper.release_at(request.sent_at));
-            self.write_paced(&FrameHeader::end(self.frames_sent).to_bytes())?;
+            self.write_paced(&FrameHeader::end(self.frames_sent, Some(self.replica)).to_bytes())?;
         }
         self.stream.flush()?;
         self.stream.get_ref().shutdown(Shutdown::Write)
@@ -1150,6 +1160,7 @@ mod tests {
             Arc::new(Counters::default()),
             Arc::new(BufferPool::new(4)),
             tracing::Span::none(),
+            0,
         )
     }
 

@@ -175,7 +175,12 @@ impl Instance {
             data_port,
             control_port,
             phase: PhaseCell::new(Phase::Ready),
-            router: Router::new(Arc::clone(&counters), Arc::clone(&pool), span.clone()),
+            router: Router::new(
+                Arc::clone(&counters),
+                Arc::clone(&pool),
+                span.clone(),
+                args.replica,
+            ),
             counters,
             pool,
             latency: LatencyRecorder::default(),

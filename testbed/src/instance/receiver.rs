@@ -131,6 +131,8 @@ struct Scan {
     payload_bytes: u64,
     /// The end frame's count of data frames, if the buffer contains the end frame.
     end: Option<u64>,
+    /// The replica index that the end frame names as its sender, if it names one.
+    end_sender: Option<u32>,
     /// Bytes taken by complete frames, the end frame included.
     consumed: usize,
     invalid: Option<String>,
@@ -200,8 +202,15 @@ impl ConnectionReader {
                 if filled > 0 {
                     warn!(?peer, bytes = filled, "bytes after the end frame were ignored");
                 }
-                debug!(?peer, events_on_connection, "end frame received");
-                self.shared.drain.end_received();
+                let sender = scan.end_sender;
+                debug!(?peer, events_on_connection, ?sender, "end frame received");
+                if !self.shared.drain.end_received(sender) {
+                    info!(
+                        ?peer,
+                        ?sender,
+                        "second end frame from one upstream replica; not counted"
+                    );
+                }
                 break;
             }
         }
@@ -230,6 +239,7 @@ impl ConnectionReader {
                 FrameKind::Data => {}
                 FrameKind::End => {
                     scan.end = Some(header.seq);
+                    scan.end_sender = header.end_sender();
                     break;
                 }
                 FrameKind::Ack => {

@@ -124,7 +124,10 @@ async fn sink_counts_duplicate_sequence_numbers() {
     let sink = start("sink", &[]);
     // Two sources whose ranges overlap in 100..200.
     let first = start("source", &["--events", "200", "--event-size", "16"]);
-    let second = start("source", &["--events", "200", "--seq-start", "100", "--event-size", "16"]);
+    let second = start(
+        "source",
+        &["--events", "200", "--seq-start", "100", "--event-size", "16", "--replica", "1"],
+    );
     let client = Client::new();
 
     for source in [&first, &second] {
@@ -344,7 +347,7 @@ async fn killed_processor_loses_no_events() {
     let sink = start("sink", &[]);
     // A cost of 64 µs per event keeps events waiting inside the doomed processor when it dies.
     let doomed = start("processor", &["--cost-ns-per-byte", "1000"]);
-    let survivor = start("processor", &[]);
+    let survivor = start("processor", &["--replica", "1"]);
     let source = start("source", &["--events", "200000", "--event-size", "64", "--rate", "100000"]);
     let client = Client::new();
 

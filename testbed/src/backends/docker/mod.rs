@@ -200,6 +200,21 @@ impl DockerBackend {
     /// A node that is not running counts as killed already.
     pub async fn kill_node(&self, node: &str) -> Result<(), FaultError> {
         let container = self.node(node, "kill")?;
+        // SIGKILL to the container's init process from this host ends the container as
+        // `docker kill` does, but without the engine's round trip, which took 0.1 to 0.3 s
+        // per container on a 2-core machine. The pid is read just before, so it is the
+        // running container's.
+        if let Some(pid) = running_pid(&self.docker, &container.name).await {
+            match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                Ok(()) => {
+                    info!(node, container = %container.name, pid, "killed node");
+                    return Ok(());
+                }
+                Err(error) => {
+                    debug!(node, pid, %error, "signal to the node's init failed; asking the engine")
+                }
+            }
+        }
         let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
         match self.docker.kill_container(&container.name, Some(options)).await {
             Ok(()) => info!(node, container = %container.name, "killed node"),
@@ -823,6 +838,19 @@ async fn container_address(
         .and_then(|endpoint| endpoint.ip_address)
         .filter(|address| !address.is_empty())
         .ok_or_else(|| format!("{container} has no address on {network}"))
+}
+
+/// Host pid of a running container's init process, or `None` when it is not running, is
+/// paused or the engine does not say.
+async fn running_pid(docker: &Docker, container: &str) -> Option<i32> {
+    let inspect =
+        docker.inspect_container(container, None::<InspectContainerOptions>).await.ok()?;
+    let state = inspect.state?;
+    // A paused container's processes take a signal only once thawed; the engine handles it.
+    if state.running != Some(true) || state.paused == Some(true) {
+        return None;
+    }
+    state.pid.and_then(|pid| i32::try_from(pid).ok()).filter(|pid| *pid > 0)
 }
 
 fn fault(action: &'static str, node: &str, error: impl std::fmt::Display) -> FaultError {
