@@ -164,10 +164,10 @@ pub trait Backend: Send {
         })
     }
 
-    /// What a sink replica recorded before it stopped answering (killed, frozen or cut off),
-    /// from the record it keeps outside itself. `None` when there is no such record.
-    fn lost_sink_record(&self, _id: InstanceId, _name: &str) -> Option<SinkRecord> {
-        None
+    /// Reads what a sink replica received before it stopped replying (killed, frozen or cut
+    /// off) from the journal it wrote to the log folder. `None` when there is no journal.
+    fn lost_sink_record(&self, _id: InstanceId, name: &str) -> Option<SinkRecord> {
+        self.log_dir().and_then(|dir| crate::journal::read_in(&dir, name))
     }
 
     /// The control channel to instances; `None` means HTTP with the run's token.

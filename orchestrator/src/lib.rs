@@ -17,6 +17,7 @@ pub mod client;
 pub mod control;
 pub mod detector;
 pub mod error;
+pub mod journal;
 pub mod model;
 pub mod orchestrator;
 pub mod placement;

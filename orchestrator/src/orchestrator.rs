@@ -153,9 +153,9 @@ pub struct InstanceRecord {
     /// Set when the instance could not be given its new targets because it was silent or
     /// unreachable; later polls send them again until it takes them or is declared failed.
     pub stale_targets: bool,
-    /// Receivers whose end frame from this sender is settled: it had them as targets when
-    /// it drained, so it sent them one, or it had drained before they were added, so it
-    /// never will (they count it in `missing_ends`).
+    /// Receivers whose end frame from this sender is settled. Either the sender had them as
+    /// targets when it drained and sent them one, or it had drained before they were added
+    /// and never will, which they count in `missing_ends`.
     pub settled_targets: BTreeSet<InstanceId>,
     /// Upstream replicas that had drained before this receiver was added to their targets
     /// and so will never send it an end frame.
@@ -180,9 +180,10 @@ pub struct Orchestrator {
     backend: Box<dyn Backend>,
     control: Arc<dyn InstanceControl>,
     detector: FailureDetector,
-    /// Stats requests of [`Orchestrator::poll`] still in flight, with the instances they
-    /// ask; each yields its reply and the instant it arrived.
+    /// Stats requests of [`Orchestrator::poll`] still in flight; each yields its reply and
+    /// the instant it arrived.
     polls: JoinSet<PollReply>,
+    /// Instances with a request in `polls`, which the next poll does not ask again.
     polling: BTreeSet<InstanceId>,
     dead_nodes: BTreeSet<NodeId>,
     options: Options,
@@ -704,14 +705,14 @@ impl Orchestrator {
             .filter(|(id, record)| id.stage == stage && record.state == InstanceState::Drained)
             .map(|(id, _)| *id)
             .collect();
+        let receivers = self.live_receivers_of(stage);
         for id in drained {
-            let receivers = self.live_receivers_of(stage);
-            self.settle_missing_ends(id, receivers).await?;
+            self.settle_missing_ends(id, receivers.clone()).await?;
         }
         self.resend_stale_targets().await
     }
 
-    /// The live replicas of the stage after `stage`.
+    /// Lists the live replicas of the stage after `stage`.
     fn live_receivers_of(&self, stage: StageId) -> BTreeSet<InstanceId> {
         self.live_replicas_of(StageId(stage.0 + 1)).into_iter().collect()
     }
@@ -782,8 +783,8 @@ impl Orchestrator {
         }
     }
 
-    /// Accounts for a sender that refused new targets because it has drained: a receiver
-    /// it did not have before gets no end frame from it, so it is told to expect one fewer.
+    /// Accounts for a sender that has drained and so rejects new targets. A receiver that it
+    /// did not have as a target gets no end frame from it and expects one fewer.
     async fn settle_missing_ends(
         &mut self,
         sender: InstanceId,
@@ -794,19 +795,17 @@ impl Orchestrator {
         record.settled_targets.extend(new.iter().copied());
         for receiver in new {
             self.instances.get_mut(&receiver).expect("exists").missing_ends += 1;
-            let stage = receiver.stage.0;
-            if self.drain_requested.get(stage).copied().unwrap_or(false) {
-                self.request_drain(receiver).await?;
-            }
+            self.request_drain(receiver).await?;
         }
         Ok(())
     }
 
-    /// Asks one receiver to drain after the end frames of the upstream replicas that will
-    /// send it one.
+    /// Asks one live receiver to finish after the end frames of the upstream replicas that
+    /// will send it one. Does nothing before the receiver's stage drains.
     async fn request_drain(&self, id: InstanceId) -> Result<(), OrchestratorError> {
         let record = &self.instances[&id];
-        if !record.state.is_live() {
+        let stage_drains = self.drain_requested.get(id.stage.0).copied().unwrap_or(false);
+        if !stage_drains || !record.state.is_live() {
             return Ok(());
         }
         let expected_ends = self.upstream_count(id.stage).saturating_sub(record.missing_ends);
@@ -1010,10 +1009,7 @@ impl Orchestrator {
         if id.stage.0 > 0 {
             self.relink_stage(StageId(id.stage.0 - 1)).await?;
         }
-        if self.drain_requested.get(id.stage.0).copied().unwrap_or(false) {
-            self.request_drain(id).await?;
-        }
-        Ok(())
+        self.request_drain(id).await
     }
 
     fn upstream_count(&self, stage: StageId) -> u32 {
@@ -1070,19 +1066,13 @@ impl Orchestrator {
             if self.drain_requested[stage] {
                 continue;
             }
-            let expected_ends = self.upstream_count(StageId(stage));
-            let receivers: Vec<InstanceId> = self
-                .instances
-                .values()
-                .filter(|record| record.spec.id.stage.0 == stage && record.state.is_live())
-                .map(|record| record.spec.id)
-                .collect();
-            for id in receivers {
+            self.drain_requested[stage] = true;
+            for id in self.live_replicas_of(StageId(stage)) {
                 self.request_drain(id).await?;
             }
-            self.drain_requested[stage] = true;
             let stage_name = self.workflow.stage(StageId(stage)).name.clone();
-            info!(stage = %stage_name, expected_ends, "requested drain");
+            let upstream_replicas = self.upstream_count(StageId(stage));
+            info!(stage = %stage_name, upstream_replicas, "requested drain");
             self.events.push(Event::DrainRequested { stage: stage_name });
         }
         Ok(())

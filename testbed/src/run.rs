@@ -37,11 +37,11 @@ use crate::scenario::{Action, ActionKind, ScaleChange, Scenario, When};
 /// Test hook: when this environment variable is `1`, the harness panics right after deploy.
 pub const PANIC_AFTER_DEPLOY_ENV: &str = "TESTBED_PANIC_AFTER_DEPLOY";
 
-/// How often the harness polls every instance while streaming, at most: with heartbeats
+/// How often, at most, the harness polls every instance while streaming. With heartbeats
 /// shorter than twice this, it polls twice per heartbeat.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Poll period for heartbeats every `heartbeat`.
+/// Returns the poll period for heartbeats every `heartbeat`.
 fn poll_period(heartbeat: Duration) -> Duration {
     POLL_INTERVAL.min(heartbeat / 2)
 }
@@ -701,9 +701,9 @@ impl Recorder {
     }
 }
 
-/// What the sink replicas that gave no final counters recorded before they went away. An
-/// event such a sink acknowledged is never sent again, so without its record the event
-/// would count as lost although it reached the writer.
+/// Collects what the sink replicas that returned no final counters received before they
+/// went away. Such a sink's acknowledged events are never sent again, so without its record
+/// they would count as lost although they reached the writer.
 fn lost_sink_records(
     orchestrator: &Orchestrator,
     final_stats: &BTreeMap<

@@ -334,17 +334,17 @@ async fn attached_networks(docker: &Docker, container: &str) -> Vec<String> {
     networks.map(|networks| networks.into_keys().collect()).unwrap_or_default()
 }
 
-/// Waits up to 5 s for a container to reach `wanted` and returns its last status. A killed
+/// Waits up to 5 s for a container to reach `expected` and returns its last status. A killed
 /// node's init gets SIGKILL from this host, and the engine records the exit a moment later.
 async fn status_within(
     docker: &Docker,
     container: &str,
-    wanted: ContainerStateStatusEnum,
+    expected: ContainerStateStatusEnum,
 ) -> ContainerStateStatusEnum {
     let start = Instant::now();
     loop {
         let current = status(docker, container).await;
-        if current == wanted || start.elapsed() > Duration::from_secs(5) {
+        if current == expected || start.elapsed() > Duration::from_secs(5) {
             return current;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

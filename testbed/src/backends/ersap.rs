@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use orchestrator::backend::{Backend, BackendError, InstanceEndpoints, InstanceSpec, SinkRecord};
+use orchestrator::backend::{Backend, BackendError, InstanceEndpoints, InstanceSpec};
 use orchestrator::control::Role;
 use orchestrator::model::{InstanceId, Topology};
 use serde::Deserialize;
@@ -35,7 +35,6 @@ use tracing::{debug, info, warn};
 
 use super::process::{instance_args, journal_arg, log_tail};
 use super::{HARNESS_PID_ENV, RUN_ID_ENV, RunLabels, TOKEN_ENV};
-use crate::instance::journal;
 use crate::xmsg::client::CHECK_TIMEOUT;
 use crate::xmsg::{
     DpeName, OwnerType, ProxyAddress, Publisher, RegistrarClient, Requester, Status, Subscriber,
@@ -482,10 +481,6 @@ impl Backend for ErsapBackend {
 
     fn log_dir(&self) -> Option<PathBuf> {
         Some(self.log_dir.clone())
-    }
-
-    fn lost_sink_record(&self, _id: InstanceId, name: &str) -> Option<SinkRecord> {
-        journal::read_in(&self.log_dir, name)
     }
 }
 

@@ -5,26 +5,21 @@
 //! and the harness pid in its environment, and exits by itself when the harness is gone, so
 //! neither a panic nor a SIGKILL of the harness leaves it running for long.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use std::collections::BTreeSet;
-
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orchestrator::backend::{
-    Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec, SinkRecord,
-};
+use orchestrator::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
 use orchestrator::control::{ReadyLine, Role};
+use orchestrator::journal;
 use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tracing::{debug, warn};
-
-use crate::instance::journal;
 
 use super::{HARNESS_PID_ENV, RUN_ID_ENV, RunLabels, TOKEN_ENV};
 
@@ -86,7 +81,8 @@ impl ProcessBackend {
 
 /// Command-line arguments of `mock-ersap` for one instance, shared by every backend that
 /// runs the binary.
-/// `--journal` for a sink, whose journal lives in `log_dir` as the instance sees it.
+/// Returns `--journal` for a sink: its journal file in `log_dir`, a path valid where the
+/// instance runs.
 pub fn journal_arg(spec: &InstanceSpec, log_dir: &Path) -> Option<String> {
     (spec.role == Role::Sink)
         .then(|| format!("--journal={}", journal::path_in(log_dir, &spec.name()).display()))
@@ -259,10 +255,6 @@ impl Backend for ProcessBackend {
 
     fn log_dir(&self) -> Option<PathBuf> {
         Some(self.log_dir.clone())
-    }
-
-    fn lost_sink_record(&self, _id: InstanceId, name: &str) -> Option<SinkRecord> {
-        journal::read_in(&self.log_dir, name)
     }
 
     async fn node_alive(&mut self, node: NodeId) -> bool {

@@ -409,7 +409,7 @@ impl Backend for SimBackend {
         "sim"
     }
 
-    /// The model keeps a lost sink's ranges, as the journal of a real one keeps them.
+    /// Returns the ranges the model kept for a lost sink, as a real sink's journal keeps them.
     fn lost_sink_record(&self, id: InstanceId, _name: &str) -> Option<SinkRecord> {
         let world = self.world();
         let sink = world.instances.get(&id)?;

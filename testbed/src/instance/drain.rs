@@ -27,7 +27,7 @@ struct EndCount {
     expected: Option<u32>,
     /// Replica indexes of the upstream replicas whose end frame arrived.
     senders: BTreeSet<u32>,
-    /// End frames that name no sender; each counts.
+    /// End frames that name no sender, each counted.
     anonymous: u32,
 }
 

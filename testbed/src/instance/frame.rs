@@ -74,7 +74,7 @@ impl FrameHeader {
         Self { kind: FrameKind::End, seq: frames_sent, created_ns, len: 0 }
     }
 
-    /// The sending replica's index carried by an end frame, if it gives one.
+    /// Returns the sending replica's index that an end frame carries, if it carries one.
     pub fn end_sender(&self) -> Option<u32> {
         match self.kind {
             FrameKind::End => {

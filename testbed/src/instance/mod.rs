@@ -27,7 +27,6 @@ pub mod batch;
 pub mod control;
 pub mod drain;
 pub mod frame;
-pub mod journal;
 pub mod link;
 pub mod metrics;
 pub mod processor;
@@ -47,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use orchestrator::control::{Phase, ReadyLine, Role};
+use orchestrator::journal::Journal;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -148,7 +148,7 @@ impl Instance {
         }
         let journal = match &args.journal {
             Some(path) => Some(
-                journal::Journal::open(path)
+                Journal::open(path)
                     .map_err(|source| InstanceError::Journal { path: path.clone(), source })?,
             ),
             None => None,
@@ -272,7 +272,7 @@ pub(crate) struct Shared {
     /// Sequence numbers a sink has received, or `None` for other roles.
     pub received: Option<Mutex<SeqSet>>,
     /// Sink only, with `--journal`: where received ranges are appended before their ack.
-    pub journal: Option<journal::Journal>,
+    pub journal: Option<Journal>,
     pub pool: Arc<BufferPool>,
     pub router: Router,
     pub drain: DrainGate,

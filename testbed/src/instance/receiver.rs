@@ -336,7 +336,11 @@ impl ConnectionReader {
             if let Err(err) = journal.append(&ranges) {
                 // Were this sink to die, events without a record would count as lost, so
                 // they stay unacknowledged and their sender keeps them.
-                error!(peer = ?self.peer, error = %err, "failed to write the journal; no ack sent");
+                if journal.first_failure() {
+                    error!(peer = ?self.peer, error = %err, "failed to write the journal; no ack sent, later failures are logged at debug level");
+                } else {
+                    debug!(peer = ?self.peer, error = %err, "failed to write the journal; no ack sent");
+                }
                 return;
             }
         }

@@ -44,9 +44,7 @@ use async_trait::async_trait;
 use futures_util::future::{join_all, try_join_all};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orchestrator::backend::{
-    Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec, SinkRecord,
-};
+use orchestrator::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
 use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
 use testcontainers::bollard::Docker;
 use testcontainers::bollard::errors::Error as DockerError;
@@ -66,7 +64,6 @@ use self::exec::{ExecProcess, ExecRequest};
 use self::image::NodeImage;
 use super::process::{instance_args, journal_arg};
 use super::{RUN_ID_ENV, RunLabels, TOKEN_ENV};
-use crate::instance::journal;
 
 pub use agent::NODE_AGENT_FLAG;
 
@@ -74,9 +71,8 @@ pub use agent::NODE_AGENT_FLAG;
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopped instance may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
-/// Where every node container sees the run's log folder, mounted from the host, so that a
-/// sink's journal written inside a container is read by the harness even after the
-/// container is gone.
+/// Path at which every node container mounts the run's log folder from the host, so that the
+/// harness reads a sink's journal even after the sink's container is gone.
 const LOG_DIR_IN_CONTAINER: &str = "/testbed-logs";
 /// Seconds `docker stop` waits after SIGTERM before it kills a node container.
 const STOP_TIMEOUT_S: i32 = 5;
@@ -211,7 +207,7 @@ impl DockerBackend {
                     return Ok(());
                 }
                 Err(error) => {
-                    debug!(node, pid, %error, "signal to the node's init failed; asking the engine")
+                    debug!(node, pid, %error, "failed to signal the node's init process; killing it through the engine")
                 }
             }
         }
@@ -633,16 +629,12 @@ impl Backend for DockerBackend {
         Some(self.log_dir.clone())
     }
 
-    fn lost_sink_record(&self, _id: InstanceId, name: &str) -> Option<SinkRecord> {
-        journal::read_in(&self.log_dir, name)
-    }
-
     async fn node_alive(&mut self, node: NodeId) -> bool {
         !self.down_nodes.contains(&node)
     }
 
-    /// Injects a fault into the node containers. A killed node is `docker kill`, a frozen
-    /// node `docker pause` until resumed. A partition freezes every node of the cluster, as
+    /// Injects a fault into the node containers. A killed node is SIGKILL to its container's
+    /// init (see [`DockerBackend::kill_node`]), a frozen node `docker pause` until resumed. A partition freezes every node of the cluster, as
     /// on the process backend, which from outside looks like a cut network: no heartbeats and
     /// no data.
     ///
@@ -840,13 +832,14 @@ async fn container_address(
         .ok_or_else(|| format!("{container} has no address on {network}"))
 }
 
-/// Host pid of a running container's init process, or `None` when it is not running, is
-/// paused or the engine does not say.
+/// Returns the host pid of a running container's init process, or `None` when the container
+/// is not running, is paused or the engine does not report the pid.
 async fn running_pid(docker: &Docker, container: &str) -> Option<i32> {
     let inspect =
         docker.inspect_container(container, None::<InspectContainerOptions>).await.ok()?;
     let state = inspect.state?;
-    // A paused container's processes take a signal only once thawed; the engine handles it.
+    // A paused container's processes take the signal only once thawed, so a paused node is
+    // killed through the engine instead.
     if state.running != Some(true) || state.paused == Some(true) {
         return None;
     }

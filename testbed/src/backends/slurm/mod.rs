@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use orchestrator::backend::{
-    Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec, SinkRecord,
-};
+use orchestrator::backend::{Backend, BackendError, Fault, InstanceEndpoints, InstanceSpec};
 use orchestrator::control::ReadyLine;
 use orchestrator::model::{ClusterId, InstanceId, NodeId, Topology};
 use tracing::{debug, info, warn};
@@ -32,7 +30,6 @@ use self::local::{LocalSlurm, PortPool, max_node_name, partition_name, run_proce
 use self::rest::{JobInfo, JobRequest, SlurmRest};
 use super::process::{instance_args, journal_arg, log_tail};
 use super::{HARNESS_PID_ENV, RUN_ID_ENV, RunLabels, TOKEN_ENV};
-use crate::instance::journal;
 
 /// How long a job may take from submission to its ready line. The scheduler places jobs
 /// once a second.
@@ -630,10 +627,6 @@ impl Backend for SlurmBackend {
 
     fn log_dir(&self) -> Option<PathBuf> {
         Some(self.log_dir.clone())
-    }
-
-    fn lost_sink_record(&self, _id: InstanceId, name: &str) -> Option<SinkRecord> {
-        journal::read_in(&self.log_dir, name)
     }
 
     async fn node_alive(&mut self, node: NodeId) -> bool {

@@ -1,10 +1,10 @@
 //! A sink's journal: the file that plays the part of an ERSAP writer's output.
 //!
 //! A sink appends every range of sequence numbers it receives to its journal before it
-//! acknowledges them. An acknowledged event is never sent again, so without the journal a
-//! sink that dies, freezes or is cut off would take the record of what it received with it,
-//! and the run would count those events as lost although they reached the writer. The
-//! harness reads the journal of every sink replica it can no longer ask for its counters.
+//! acknowledges them. An acknowledged event is never sent again. Without the journal, a sink
+//! that dies, freezes or is cut off would take the record of what it received with it, and
+//! the run would count those events as lost although they reached the writer. The harness
+//! reads the journal of every sink replica that no longer returns its counters.
 //!
 //! The format is a sequence of records of 16 bytes: the first and one past the last sequence
 //! number of a range, both little-endian `u64`. Ranges repeat when an event arrives twice.
@@ -15,8 +15,9 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use orchestrator::backend::SinkRecord;
+use crate::backend::SinkRecord;
 
 const RECORD_LEN: usize = 16;
 
@@ -24,13 +25,20 @@ const RECORD_LEN: usize = 16;
 #[derive(Debug)]
 pub struct Journal {
     file: Mutex<File>,
+    failed: AtomicBool,
 }
 
 impl Journal {
     /// Creates the file, or appends to it if it exists.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { file: Mutex::new(file) })
+        Ok(Self { file: Mutex::new(file), failed: AtomicBool::new(false) })
+    }
+
+    /// Records that an append failed and returns true the first time, so that a writer that
+    /// keeps failing (a full disk) is logged once, not on every read.
+    pub fn first_failure(&self) -> bool {
+        !self.failed.swap(true, Ordering::Relaxed)
     }
 
     /// Appends `ranges` with one write. The data reaches the kernel before this returns, so
@@ -54,7 +62,7 @@ pub fn path_in(log_dir: &Path, instance: &str) -> PathBuf {
     log_dir.join(format!("{instance}.journal"))
 }
 
-/// Reads the journal of `instance` in `log_dir`, if it has one.
+/// Reads the journal of `instance` in `log_dir`; `None`, with a warning, when it cannot.
 pub fn read_in(log_dir: &Path, instance: &str) -> Option<SinkRecord> {
     let path = path_in(log_dir, instance);
     match read(&path) {
@@ -100,7 +108,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn appended_ranges_read_back_with_duplicates() {
+    fn journal_reads_back_ranges_and_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sink.journal");
         let journal = Journal::open(&path).unwrap();
@@ -116,7 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_cut_short_is_ignored() {
+    fn journal_ignores_truncated_record() {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&3u64.to_le_bytes());
         bytes.extend_from_slice(&7u64.to_le_bytes());
@@ -127,7 +135,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_journal_is_an_error() {
+    fn journal_missing_file_is_error() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read(&dir.path().join("absent.journal")).is_err());
     }
