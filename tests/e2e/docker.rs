@@ -22,7 +22,7 @@ use testcontainers::bollard::query_parameters::{
     InspectContainerOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
 };
 
-use crate::support::{latest_json, project_root, testbed_run};
+use crate::support::{file_names, latest_json, project_root, testbed_run};
 
 /// Long enough for the first run to build the static mock-ersap in release mode.
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
@@ -176,11 +176,7 @@ fn docker_smoke_run_delivers_every_event_once() {
     assert!(sink["latency_ms"]["p50"].as_f64().unwrap() >= 69.0, "{sink}");
 
     let logs = output.path().join("latest").join("logs");
-    let names: Vec<String> = std::fs::read_dir(&logs)
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = file_names(&logs);
     let node_logs = names.iter().filter(|name| name.starts_with("node-")).count();
     assert_eq!(node_logs, 6, "one log per node container: {names:?}");
     let journals: Vec<&String> = names.iter().filter(|name| name.ends_with(".journal")).collect();

@@ -1,6 +1,6 @@
 //! The smoke scenario on the process backend: exactly-once delivery and every artifact.
 
-use crate::support::{latest_json, testbed_run};
+use crate::support::{file_names, latest_json, testbed_run};
 
 #[test]
 fn smoke_run_delivers_every_event_once() {
@@ -61,11 +61,7 @@ fn smoke_run_writes_every_artifact() {
     assert!(junit.contains("events lost"), "{junit}");
     assert!(!junit.contains("<failure"), "{junit}");
 
-    let names: Vec<String> = std::fs::read_dir(latest.join("logs"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = file_names(&latest.join("logs"));
     let logs = names.iter().filter(|name| name.ends_with(".log")).count();
     assert_eq!(logs, 8, "one log per instance, 1 + 2 + 2 + 2 + 1: {names:?}");
     let journals: Vec<&String> = names.iter().filter(|name| name.ends_with(".journal")).collect();

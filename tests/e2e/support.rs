@@ -39,6 +39,15 @@ pub fn shared_folder(name: &str) -> Option<PathBuf> {
     None
 }
 
+/// Lists the names of the entries of `folder`.
+pub fn file_names(folder: &Path) -> Vec<String> {
+    std::fs::read_dir(folder)
+        .unwrap_or_else(|error| panic!("{}: {error}", folder.display()))
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Reads `<output>/latest/<file>` as JSON.
 pub fn latest_json(output: &Path, file: &str) -> serde_json::Value {
     let path = output.join("latest").join(file);
